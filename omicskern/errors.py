@@ -1,0 +1,42 @@
+"""Exceptions users see. Every one names the thing and the place."""
+
+from __future__ import annotations
+
+
+class OmicskernError(Exception):
+    """Base class of omicskern's own errors."""
+
+
+class InvalidSequenceError(OmicskernError, ValueError):
+    """A sequence holds a byte the tokenizer cannot read.
+
+    ``index`` is the sequence's position in the batch, ``position`` the 0-based offset of the
+    offending byte inside it, ``name`` the record name when known (FASTA), else ``None``.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, position: int | None = None,
+                 byte: int | None = None, name: str | None = None):
+        super().__init__(message)
+        self.index = index
+        self.position = position
+        self.byte = byte
+        self.name = name
+
+
+class MissingColumnError(OmicskernError, KeyError):
+    """An AnnData obs/var column that was asked for does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidCountsError(OmicskernError, ValueError):
+    """A count matrix holds values the tokenizer cannot use (negative, NaN, non-integer...)."""
+
+
+class CheckpointError(OmicskernError, ValueError):
+    """A checkpoint has missing, unexpected or mis-shaped keys."""
+
+
+class BackendUnavailableError(OmicskernError, RuntimeError):
+    """A backend was named explicitly but cannot run here (package missing, no GPU...)."""

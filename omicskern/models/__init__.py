@@ -1,0 +1,1 @@
+"""Model classes that load released checkpoints, built from omicskern.modules."""

@@ -1,0 +1,1 @@
+"""nn.Module building blocks over omicskern.ops (attention blocks, HyenaOperator, ...)."""

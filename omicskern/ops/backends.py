@@ -1,0 +1,86 @@
+"""Backend availability probes and the one rule that picks a backend for an op.
+
+Every op (``attention``, ``fft_conv``, ...) calls :func:`choose` with the backends it knows, in
+order of preference *for the inputs at hand* (device, dtype), each with a probe. A probe returns
+``None`` when the backend can run, else a short reason with an install hint. The rule:
+
+* ``backend`` given explicitly -> used if its probe passes, else :class:`BackendUnavailableError`;
+* otherwise ``OMICSKERN_<OP>_BACKEND`` in the environment, treated as an explicit choice;
+* otherwise the first backend in the preference order whose probe passes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Callable, Mapping, Sequence
+
+from omicskern.errors import BackendUnavailableError
+
+Probe = Callable[[], "str | None"]
+
+
+@functools.cache
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run on CPU through the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def has_flash_attn() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def triton_probe(device_type: str) -> str | None:
+    """Can Triton kernels run on tensors of ``device_type``?"""
+    if not has_triton():
+        return "the 'triton' package is not installed (pip install triton)"
+    if device_type == "cuda":
+        return None
+    if triton_interpret():
+        return None
+    return (f"Triton kernels need a CUDA device (inputs are on '{device_type}'); "
+            "set TRITON_INTERPRET=1 before importing omicskern to run them on CPU (slow)")
+
+
+def env_var(op: str) -> str:
+    return f"OMICSKERN_{op.upper()}_BACKEND"
+
+
+def choose(op: str, backend: str | None, probes: Mapping[str, Probe],
+           preference: Sequence[str]) -> str:
+    """Pick the backend for ``op``.
+
+    Args:
+        op: op name, used in messages and in the env var ``OMICSKERN_<OP>_BACKEND``.
+        backend: the caller's explicit choice or ``None``.
+        probes: every backend the op knows -> probe (``None`` = available, else the reason).
+        preference: order to try when nothing is chosen explicitly (best first).
+    """
+    explicit = backend if backend is not None else (os.environ.get(env_var(op)) or None)
+    if explicit is not None:
+        if explicit not in probes:
+            raise ValueError(f"{op}: unknown backend {explicit!r}; known: {', '.join(probes)}")
+        reason = probes[explicit]()
+        if reason is not None:
+            src = "" if backend is not None else f" (from ${env_var(op)})"
+            raise BackendUnavailableError(f"{op}: backend {explicit!r}{src} is not available: {reason}")
+        return explicit
+    reasons = []
+    for name in preference:
+        reason = probes[name]()
+        if reason is None:
+            return name
+        reasons.append(f"{name}: {reason}")
+    raise BackendUnavailableError(f"{op}: no backend available ({'; '.join(reasons)})")

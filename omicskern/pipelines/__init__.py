@@ -1,0 +1,1 @@
+"""End-to-end jobs: FASTA -> tokens -> embeddings; h5ad -> tokens -> embeddings."""
