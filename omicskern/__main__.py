@@ -1,0 +1,5 @@
+import sys
+
+from omicskern.cli import main
+
+sys.exit(main())
