@@ -7,6 +7,7 @@
 
 namespace py = pybind11;
 
+void register_common(py::module_& m);  // csrc/common/ragged.cpp (specials, truncation, padding)
 void register_dna(py::module_& m);    // csrc/dna/bind_dna.cpp   (char, k-mer)
 void register_bpe(py::module_& m);    // csrc/dna/bind_bpe.cpp   (BPE encode/train)
 void register_cells(py::module_& m);  // csrc/cells/bind_cells.cpp (rank-value, binning)
@@ -38,6 +39,7 @@ PYBIND11_MODULE(_C, m) {
     m.attr("has_openmp") = false;
 #endif
 
+    register_common(m);
     register_dna(m);
     register_bpe(m);
     register_cells(m);

@@ -10,6 +10,13 @@ def hardware_threads() -> int:
 
 # --- common: ragged batches (csrc/common/ragged.cpp) ---------------------------------------
 # (section: common)
+def ragged_finalize(ids: npt.NDArray[np.int32] | npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
+                    prefix: list[int], suffix: list[int], max_length: int = -1, keep_end: bool = False,
+                    num_threads: int = 0) -> tuple[np.ndarray, npt.NDArray[np.int64]]:
+    """Adds prefix/suffix ids around every sequence, truncating content to max_length in total."""
+def ragged_pad(ids: np.ndarray, offsets: npt.NDArray[np.int64], pad_value: int | float, length: int = -1,
+               left: bool = False, num_threads: int = 0) -> tuple[np.ndarray, npt.NDArray[np.bool_]]:
+    """Ragged -> ([n, length] padded, [n, length] bool mask of real tokens)."""
 
 # --- DNA: char and k-mer tokenizers (csrc/dna/bind_dna.cpp) --------------------------------
 # (section: dna)

@@ -1,0 +1,279 @@
+"""What every sequence tokenizer shares: batch results and the common encode/decode API.
+
+A concrete tokenizer implements only ``_encode_raw`` (sequences -> ragged ids without special
+tokens, in C++) and ``_decode_ids``. Special tokens, truncation and padding are applied here, by
+the C++ helpers ``_C.ragged_finalize`` / ``_C.ragged_pad`` (parallel, GIL released).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence, Union
+
+import numpy as np
+
+from omicskern._native import load_C
+
+SeqLike = Union[str, bytes, bytearray]
+_COMPLEMENT = bytes.maketrans(b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv", b"TGCAANYRMKSWVHDBtgcaanyrmkswvhdb")
+
+
+@dataclass(frozen=True)
+class RaggedBatch:
+    """Token ids of a batch without padding.
+
+    ``ids`` int32 [T] holds every sequence's ids back to back; sequence ``i`` is
+    ``ids[offsets[i]:offsets[i + 1]]``; ``offsets`` int64 [N + 1] starts at 0 and ends at T
+    (``cu_seqlens`` gives it as int32 for variable-length attention kernels).
+    ``soft_mask`` bool [T], when asked for: True where the token came from lower-case (soft-masked)
+    bases. Arrays are numpy; ``torch.from_numpy`` takes them without a copy.
+
+    Example:
+        >>> batch = tok.encode_batch(["ACGT", "AC"], padding=False)
+        >>> batch[1], batch.cu_seqlens, batch.max_seqlen
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    soft_mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sequence index {i} out of range for a batch of {n}")
+        i %= n
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def max_seqlen(self) -> int:
+        return int(self.lengths.max()) if len(self) else 0
+
+    @property
+    def cu_seqlens(self) -> np.ndarray:
+        """``offsets`` as int32 [N + 1], the ``cu_seqlens`` of variable-length attention."""
+        if self.offsets[-1] > np.iinfo(np.int32).max:
+            raise OverflowError(f"{int(self.offsets[-1])} tokens do not fit int32 cu_seqlens; split the batch")
+        return self.offsets.astype(np.int32)
+
+    def to_padded(self, pad_id: int, *, padding_side: Literal["right", "left"] = "right",
+                  length: int | None = None, num_threads: int = 0) -> "PaddedBatch":
+        """Pads to [N, length] (default: the longest sequence)."""
+        C = load_C()
+        left = _check_side(padding_side, "padding_side")
+        n_len = -1 if length is None else int(length)
+        ids, mask = C.ragged_pad(self.ids, self.offsets, np.int32(pad_id), n_len, left, num_threads)
+        soft = None
+        if self.soft_mask is not None:
+            soft, _ = C.ragged_pad(self.soft_mask.view(np.uint8), self.offsets, np.uint8(0), n_len, left, num_threads)
+            soft = soft.view(bool)
+        return PaddedBatch(ids, mask, soft)
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Token ids of a batch padded to one length.
+
+    ``input_ids`` int32 [N, L]; ``attention_mask`` bool [N, L] (True = real token);
+    ``soft_mask`` bool [N, L] or None. Indexing by name (``batch["input_ids"]``) works as with
+    Hugging Face's ``BatchEncoding``.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    soft_mask: np.ndarray | None = None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in ("input_ids", "attention_mask", "soft_mask"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def keys(self):
+        return [k for k in ("input_ids", "attention_mask", "soft_mask") if getattr(self, k) is not None]
+
+
+def _check_side(side: str, what: str) -> bool:
+    if side not in ("right", "left"):
+        raise ValueError(f"{what} must be 'right' or 'left', got {side!r}")
+    return side == "left"
+
+
+def as_sequence_list(seqs: Iterable[SeqLike] | SeqLike) -> list:
+    """Materialises the batch as a list the C++ core can read without copies."""
+    if isinstance(seqs, (str, bytes, bytearray)):
+        raise TypeError("encode_batch expects a list of sequences; use encode() for a single sequence")
+    if isinstance(seqs, np.ndarray) and seqs.dtype.kind in "US":
+        return [s for s in seqs.tolist()]
+    if isinstance(seqs, (list, tuple)):
+        return seqs if isinstance(seqs, list) else list(seqs)
+    try:
+        return list(seqs)
+    except TypeError:
+        raise TypeError(f"expected a list of str or bytes sequences, got {type(seqs).__name__}") from None
+
+
+def reverse_complement(seq: SeqLike) -> SeqLike:
+    """Reverse complement of a DNA/RNA sequence (IUPAC codes and case kept; U -> A, A -> T).
+
+    Returns the same type as the input (str or bytes).
+    """
+    if isinstance(seq, str):
+        return seq.encode("latin-1").translate(_COMPLEMENT)[::-1].decode("latin-1")
+    if isinstance(seq, (bytes, bytearray)):
+        return bytes(seq).translate(_COMPLEMENT)[::-1]
+    raise TypeError(f"expected str or bytes, got {type(seq).__name__}")
+
+
+class SequenceTokenizer(ABC):
+    """Common API of the DNA tokenizers (char, k-mer, BPE).
+
+    Subclasses set ``prefix_ids``/``suffix_ids`` (special tokens around every sequence when
+    ``add_special_tokens``), ``pad_token_id`` and implement ``_encode_raw`` and ``_decode_ids``.
+    """
+
+    prefix_ids: tuple[int, ...] = ()
+    suffix_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    #: Special-token ids that ``decode(skip_special_tokens=True)`` drops.
+    special_ids: frozenset[int] = frozenset()
+
+    def __init__(self, *, add_special_tokens: bool = True, padding_side: str = "right",
+                 truncation_side: str = "right", max_length: int | None = None, num_threads: int = 0):
+        _check_side(padding_side, "padding_side")
+        _check_side(truncation_side, "truncation_side")
+        self.add_special_tokens = add_special_tokens
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.max_length = max_length
+        self.num_threads = num_threads
+
+    # -- to implement ---------------------------------------------------------------------------
+    @abstractmethod
+    def _encode_raw(self, seqs: list, num_threads: int, return_soft_mask: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), no specials."""
+
+    @abstractmethod
+    def _decode_ids(self, ids: np.ndarray) -> str:
+        """Token ids (specials already removed if asked) -> sequence text."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def get_vocab(self) -> dict[str, int]: ...
+
+    # -- common API -----------------------------------------------------------------------------
+    def encode(self, seq: SeqLike, *, add_special_tokens: bool | None = None, max_length: int | None = None,
+               truncation: bool = False) -> np.ndarray:
+        """One sequence -> int32 ids [L].
+
+        Example:
+            >>> tok.encode("ACGTN")
+        """
+        if not isinstance(seq, (str, bytes, bytearray)):
+            raise TypeError(f"expected a str or bytes sequence, got {type(seq).__name__}")
+        return self.encode_batch([seq], add_special_tokens=add_special_tokens, max_length=max_length,
+                                 truncation=truncation, padding=False).ids
+
+    def encode_batch(self, seqs: Iterable[SeqLike], *, add_special_tokens: bool | None = None,
+                     padding: bool | Literal["longest", "max_length"] = "longest", max_length: int | None = None,
+                     truncation: bool = False, padding_side: str | None = None, truncation_side: str | None = None,
+                     return_soft_mask: bool = False, num_threads: int | None = None) -> PaddedBatch | RaggedBatch:
+        """Many sequences -> a padded batch (default) or a ragged one (``padding=False``).
+
+        Args:
+            seqs: list of str/bytes.
+            add_special_tokens: add this tokenizer's special tokens (default: the constructor's).
+            padding: ``"longest"``/True -> [N, longest]; ``"max_length"`` -> [N, max_length];
+                False -> :class:`RaggedBatch` (flat ids + offsets, no padding).
+            max_length: with ``truncation``, the most tokens a sequence keeps (specials included).
+            truncation: cut sequences longer than ``max_length`` (``truncation_side`` end).
+            return_soft_mask: also return which tokens came from lower-case bases.
+            num_threads: threads of the C++ core (<= 0: all cores; default: the constructor's).
+
+        Returns:
+            :class:`PaddedBatch` with ``input_ids`` int32 [N, L] and ``attention_mask`` bool [N, L],
+            or :class:`RaggedBatch` with ``ids`` int32 [T] and ``offsets`` int64 [N + 1].
+
+        Example:
+            >>> batch = tok.encode_batch(["ACGTAC", "GGN"], padding=False)
+            >>> torch.from_numpy(batch.ids), torch.from_numpy(batch.cu_seqlens)
+        """
+        C = load_C()
+        seqs = as_sequence_list(seqs)
+        threads = self.num_threads if num_threads is None else num_threads
+        add = self.add_special_tokens if add_special_tokens is None else add_special_tokens
+        max_length = self.max_length if max_length is None else max_length
+        if max_length is not None and max_length < 0:
+            raise ValueError(f"max_length must be >= 0, got {max_length}")
+        if padding is True:
+            padding = "longest"
+        if padding not in ("longest", "max_length", False):
+            raise ValueError(f"padding must be 'longest', 'max_length', True or False, got {padding!r}")
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length")
+        keep_end = _check_side(truncation_side or self.truncation_side, "truncation_side")
+        left_pad = padding_side or self.padding_side
+
+        ids, offsets, soft = self._encode_raw(seqs, threads, return_soft_mask)
+        prefix = list(self.prefix_ids) if add else []
+        suffix = list(self.suffix_ids) if add else []
+        limit = max_length if (truncation and max_length is not None) else -1
+        if prefix or suffix or limit >= 0:
+            new_ids, new_offsets = C.ragged_finalize(ids, offsets, prefix, suffix, limit, keep_end, threads)
+            if soft is not None:
+                soft, _ = C.ragged_finalize(soft, offsets, [0] * len(prefix), [0] * len(suffix), limit,
+                                            keep_end, threads)
+            ids, offsets = new_ids, new_offsets
+        ragged = RaggedBatch(ids, offsets, None if soft is None else soft.view(bool))
+        if padding is False:
+            return ragged
+        length = max_length if padding == "max_length" else None
+        return ragged.to_padded(self.pad_token_id, padding_side=left_pad, length=length, num_threads=threads)
+
+    __call__ = encode_batch
+
+    def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special_tokens: bool = True) -> str:
+        """Token ids -> sequence text (specials dropped unless ``skip_special_tokens=False``)."""
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise ValueError(f"decode expects a 1-D list of ids, got shape {arr.shape}; use decode_batch")
+        if arr.size and (arr.dtype.kind not in "iu"):
+            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+        bad = (arr < 0) | (arr >= self.vocab_size)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"token id {int(arr[pos])} at position {pos} is outside the vocabulary "
+                             f"(size {self.vocab_size})")
+        if skip_special_tokens and self.special_ids:
+            arr = arr[~np.isin(arr, np.fromiter(self.special_ids, dtype=np.int64))]
+        return self._decode_ids(arr)
+
+    def decode_batch(self, batch: PaddedBatch | RaggedBatch | Sequence[Sequence[int]], *,
+                     skip_special_tokens: bool = True) -> list[str]:
+        """Decodes every sequence of a batch (padding dropped via the attention mask)."""
+        if isinstance(batch, PaddedBatch):
+            rows = [r[m] for r, m in zip(batch.input_ids, batch.attention_mask)]
+        else:
+            rows = list(batch)
+        return [self.decode(r, skip_special_tokens=skip_special_tokens) for r in rows]
+
+    @staticmethod
+    def reverse_complement(seq: SeqLike) -> SeqLike:
+        return reverse_complement(seq)
