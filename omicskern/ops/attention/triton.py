@@ -1,0 +1,417 @@
+"""FlashAttention-2 style Triton kernels: forward and backward, packed variable-length batches,
+bidirectional or causal, ALiBi, grouped-query heads, any head dim <= 256 (padded in registers).
+
+Every kernel works on packed rows ``[T, H, D]`` with ``cu_seqlens`` and a grid over
+``(blocks of max_seqlen, heads, sequences)``: a padded ``[B, L, H, D]`` batch is the special case of
+equal lengths (a free view), so padding is never materialised. Scores are kept in the log2 domain
+(``exp2`` is one instruction); all accumulation is float32; the forward saves the natural-log
+``lse [H, T]`` that the backward uses to rebuild probabilities without a second softmax pass.
+
+Backward: ``delta = rowsum(dO * O)`` (PyTorch), one kernel over key blocks accumulating dK and dV,
+one over query blocks accumulating dQ (no atomics, deterministic). With grouped-query heads dK/dV
+are produced per query head and summed over each group.
+
+The launchers are ``torch.library`` custom ops (``omicskern::attention_fwd``/``attention_bwd``)
+with fake implementations, so ``torch.compile`` traces through them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from omicskern.ops import backends
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                          stride_ot, stride_oh, stride_lh,
+                          qk_scale, seqlen_bucket,
+                          N_REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                          HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+    start_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    seq_start = tl.load(CU + b).to(tl.int64)
+    L = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+    if start_m * BLOCK_M >= L:
+        return
+    kvh = h // N_REP
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < L
+    rows = seq_start + offs_m
+    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    hi = L
+    if CAUSAL:
+        hi = tl.minimum(L, (start_m + 1) * BLOCK_M)
+    # Every valid row has key 0 in the first block, so m_i is finite from then on and exp2 never
+    # sees (-inf) - (-inf).
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        n_ok = cols < L
+        kv_rows = seq_start + cols
+        k = tl.load(K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale
+        if HAS_ALIBI:
+            s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
+        keep = n_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= offs_m[:, None])
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + h * stride_lh + rows, lse, mask=m_ok)
+
+
+@triton.jit
+def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
+                               stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                               stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                               stride_lh, qk_scale, sm_scale,
+                               N_REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                               HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+    start_n = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    seq_start = tl.load(CU + b).to(tl.int64)
+    L = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+    if start_n * BLOCK_N >= L:
+        return
+    kvh = h // N_REP
+    cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    n_ok = cols < L
+    kv_rows = seq_start + cols
+    k = tl.load(K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    lo = 0
+    if CAUSAL:
+        lo = (start_n * BLOCK_N // BLOCK_M) * BLOCK_M
+    for start_m in range(lo, L, BLOCK_M):
+        qi = start_m + offs_m
+        m_ok = qi < L
+        rows = seq_start + qi
+        q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
+                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        lse = tl.load(LSE + h * stride_lh + rows, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + h * stride_lh + rows, mask=m_ok, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale
+        if HAS_ALIBI:
+            s = s - slope * tl.abs(qi[:, None] - cols[None, :]).to(tl.float32)
+        keep = m_ok[:, None] & n_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= qi[:, None])
+        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+        if IEEE:
+            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee")
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            dv += tl.dot(tl.trans(p).to(do.dtype), do)
+            dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision="ieee")
+        else:
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    dk = dk * sm_scale
+    tl.store(DK + kv_rows[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    tl.store(DV + kv_rows[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
+                             stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                             stride_dot, stride_doh, stride_dqt, stride_dqh,
+                             stride_lh, qk_scale, sm_scale,
+                             N_REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                             HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+    start_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    seq_start = tl.load(CU + b).to(tl.int64)
+    L = (tl.load(CU + b + 1) - tl.load(CU + b)).to(tl.int32)
+    if start_m * BLOCK_M >= L:
+        return
+    kvh = h // N_REP
+    qi = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = qi < L
+    rows = seq_start + qi
+    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
+                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(LSE + h * stride_lh + rows, mask=m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + h * stride_lh + rows, mask=m_ok, other=0.0)
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    hi = L
+    if CAUSAL:
+        hi = tl.minimum(L, (start_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        n_ok = cols < L
+        kv_rows = seq_start + cols
+        k = tl.load(K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale
+        if HAS_ALIBI:
+            s = s - slope * tl.abs(qi[:, None] - cols[None, :]).to(tl.float32)
+        keep = m_ok[:, None] & n_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= qi[:, None])
+        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+        if IEEE:
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    dq = dq * sm_scale
+    tl.store(DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration. No autotuning: the interpreter cannot run it, and a fixed table keeps the
+# first call cheap. Interpreter blocks are large because its cost is per block-iteration.
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _fwd_config(D: int, interpret: bool) -> dict:
+    if interpret:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
+    if _block_d(D) <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+    if _block_d(D) <= 128:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+
+
+def _bwd_config(D: int, interpret: bool) -> dict:
+    if interpret:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
+    if _block_d(D) <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    if _block_d(D) <= 128:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return t if t is not None else like.new_empty(1, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops over packed rows [T, H, D] (all layouts reduce to this).
+
+
+@torch.library.custom_op("omicskern::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                  alibi_slopes: torch.Tensor | None, max_seqlen: int, causal: bool,
+                  softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward over packed rows. q: [T, H, D], k/v: [T, Hk, D], cu_seqlens: int32 [N+1].
+    Returns (out [T, H, D], lse float32 [H, T], natural log)."""
+    T, H, D = q.shape
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+    out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+    lse = torch.full((H, T), float("nan"), device=q.device, dtype=torch.float32)
+    N = cu_seqlens.numel() - 1
+    if T == 0 or N == 0 or max_seqlen == 0:
+        return out, lse
+    cfg = _fwd_config(D, backends.triton_interpret())
+    grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), H, N)
+    _attention_fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        softmax_scale * LOG2E, triton.next_power_of_2(max_seqlen),
+        N_REP=H // k.shape[1], HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
+        HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, **cfg)
+    return out, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, cu_seqlens, alibi_slopes, max_seqlen, causal, softmax_scale):
+    T, H, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("omicskern::attention_bwd", mutates_args=())
+def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+                  alibi_slopes: torch.Tensor | None, max_seqlen: int, causal: bool,
+                  softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward over packed rows; returns (dq, dk, dv) shaped like (q, k, v)."""
+    T, H, D = q.shape
+    Hk = k.shape[1]
+    q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
+    dq = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+    # Grouped heads: per-query-head dK/dV in float32, summed over each group below.
+    gdt = q.dtype if Hk == H else torch.float32
+    dk_h = torch.full((T, H, D), float("nan"), device=q.device, dtype=gdt)
+    dv_h = torch.full((T, H, D), float("nan"), device=q.device, dtype=gdt)
+    N = cu_seqlens.numel() - 1
+    if T == 0 or N == 0 or max_seqlen == 0:
+        return dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype), dv_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype)
+    delta = (do.float() * out.float()).sum(-1).transpose(0, 1).contiguous()  # [H, T]
+    lse = lse.contiguous()
+    cfg = _bwd_config(D, backends.triton_interpret())
+    common = dict(N_REP=H // Hk, HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
+                  HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, **cfg)
+    slopes = _dummy(alibi_slopes, q)
+    _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_N"]), H, N)](
+        q, k, v, do, lse, delta, dk_h, dv_h, cu_seqlens, slopes,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk_h.stride(0), dk_h.stride(1), dv_h.stride(0), dv_h.stride(1),
+        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common)
+    _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_M"]), H, N)](
+        q, k, v, do, lse, delta, dq, cu_seqlens, slopes,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common)
+    if Hk == H:
+        return dq, dk_h, dv_h
+    return (dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype),
+            dv_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype))
+
+
+@attention_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens, alibi_slopes, max_seqlen, causal, softmax_scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, alibi_slopes, max_seqlen, causal, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, alibi_slopes)
+    ctx.max_seqlen, ctx.causal, ctx.softmax_scale = max_seqlen, causal, softmax_scale
+
+
+def _fwd_backward(ctx, dout, dlse):
+    # lse is an auxiliary output for the backward; it is never differentiated (dlse is ignored).
+    q, k, v, out, lse, cu_seqlens, alibi_slopes = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, cu_seqlens, alibi_slopes, ctx.max_seqlen,
+                               ctx.causal, ctx.softmax_scale)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                     alibi_slopes: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                     max_seqlen: int | None = None, key_padding_mask: torch.Tensor | None = None,
+                     softmax_scale: float | None = None) -> torch.Tensor:
+    """Attention through the Triton kernels, any layout of :func:`omicskern.ops.attention.attention`
+    (arguments already validated). Differentiable in q, k, v."""
+    D = q.shape[-1]
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)
+    slopes = None if alibi_slopes is None else alibi_slopes.to(device=q.device, dtype=torch.float32).contiguous()
+    if cu_seqlens is not None:
+        if max_seqlen is None:
+            lens = cu_seqlens[1:] - cu_seqlens[:-1]
+            max_seqlen = int(lens.max().item()) if lens.numel() else 0
+        out, _ = attention_fwd(q, k, v, cu_seqlens.contiguous(), slopes, int(max_seqlen), causal, scale)
+        return out
+    B, L, H, _ = q.shape
+    Hk = k.shape[2]
+    if key_padding_mask is None:
+        # Equal lengths: the padded batch is already packed rows (a view when [B, L] is contiguous).
+        cu = torch.arange(0, (B + 1) * L, L, device=q.device, dtype=torch.int32) if L > 0 else \
+            torch.zeros(B + 1, device=q.device, dtype=torch.int32)
+        out, _ = attention_fwd(q.reshape(B * L, H, D), k.reshape(B * L, Hk, D), v.reshape(B * L, Hk, D),
+                               cu, slopes, L, causal, scale)
+        return out.view(B, L, H, D)
+    lens = key_padding_mask.sum(dim=1, dtype=torch.int32)
+    pos = torch.arange(L, device=q.device)
+    if not torch.equal(key_padding_mask, pos[None, :] < lens[:, None]):
+        bad = (key_padding_mask != (pos[None, :] < lens[:, None])).any(dim=1).nonzero()[0, 0].item()
+        raise ValueError(f"attention(backend='triton'): key_padding_mask row {bad} is not right padding "
+                         "(True then False); ALiBi/causal positions would shift when unpadded. "
+                         "Use backend='sdpa' or 'reference' for arbitrary masks.")
+    cu = torch.nn.functional.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))
+    idx = key_padding_mask.reshape(-1).nonzero().squeeze(1)
+    max_len = int(lens.max().item()) if B > 0 else 0
+    out_p, _ = attention_fwd(q.reshape(B * L, H, D)[idx], k.reshape(B * L, Hk, D)[idx],
+                             v.reshape(B * L, Hk, D)[idx], cu, slopes, max_len, causal, scale)
+    out = out_p.new_zeros(B * L, H, D).index_copy(0, idx, out_p)
+    return out.view(B, L, H, D)
