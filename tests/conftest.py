@@ -21,6 +21,14 @@ except ImportError:  # tokenizer-only environments
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+try:  # timing belongs in benchmarks: no per-example deadline (the CI machine may be loaded)
+    from hypothesis import settings
+
+    settings.register_profile("omicskern", deadline=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "omicskern"))
+except ImportError:
+    pass
+
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
 # ../shared beside the checkout (developers' machines and CI); tests that need it skip without it.
