@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from omicskern.ops import backends
+from omicskern.ops.attention.reference import unpad_right_padded
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -401,16 +402,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         out, _ = attention_fwd(q.reshape(B * L, H, D), k.reshape(B * L, Hk, D), v.reshape(B * L, Hk, D),
                                cu, slopes, L, causal, scale)
         return out.view(B, L, H, D)
-    lens = key_padding_mask.sum(dim=1, dtype=torch.int32)
-    pos = torch.arange(L, device=q.device)
-    if not torch.equal(key_padding_mask, pos[None, :] < lens[:, None]):
-        bad = (key_padding_mask != (pos[None, :] < lens[:, None])).any(dim=1).nonzero()[0, 0].item()
-        raise ValueError(f"attention(backend='triton'): key_padding_mask row {bad} is not right padding "
-                         "(True then False); ALiBi/causal positions would shift when unpadded. "
-                         "Use backend='sdpa' or 'reference' for arbitrary masks.")
-    cu = torch.nn.functional.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))
-    idx = key_padding_mask.reshape(-1).nonzero().squeeze(1)
-    max_len = int(lens.max().item()) if B > 0 else 0
+    idx, cu, max_len = unpad_right_padded(key_padding_mask, "triton")
     out_p, _ = attention_fwd(q.reshape(B * L, H, D)[idx], k.reshape(B * L, Hk, D)[idx],
                              v.reshape(B * L, Hk, D)[idx], cu, slopes, max_len, causal, scale)
     out = out_p.new_zeros(B * L, H, D).index_copy(0, idx, out_p)
