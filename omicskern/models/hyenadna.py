@@ -1,0 +1,249 @@
+"""HyenaDNA (``LongSafari/hyenadna-*-seqlen``): Hyena blocks over omicskern's ``fft_conv``.
+
+Backbone = embedding -> ``n_layer`` pre-LN blocks (Hyena mixer, GELU-tanh MLP, residual carried
+between blocks) -> final LayerNorm; plus the tied LM head and HyenaDNA's sequence classification
+head (mean over all positions, then a Linear). Numerics follow ``standalone_hyenadna.py``; the
+model is causal and takes no attention mask: left padding (as HyenaDNA's tokenizer pads) feeds
+into later positions exactly as in the reference.
+
+Checkpoint formats read by :meth:`HyenaDNA.from_pretrained` (see the fixture's key_map.json):
+``backbone.*`` (``HyenaDNAModel``), ``model.backbone.*`` (Lightning ``weights.ckpt``, optionally
+with ``checkpoint_mixer``'s ``.mixer.layer.``/``.mlp.layer.``), ``hyena.backbone.*`` (the ``-hf``
+repos' ``HyenaDNAForCausalLM``). Both the training ``config.json`` (``layer: {...}``) and the
+``-hf`` config fields (``max_seq_len``, ``activation_freq``, ...) are understood.
+
+Example:
+    >>> model = HyenaDNA.from_pretrained("hyenadna-small-32k-seqlen/")
+    >>> h = model(input_ids).last_hidden_state          # [B, L, d_model]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omicskern.errors import CheckpointError
+from omicskern.models._common import ModelOutput, check_ids, check_mask, finish_load
+from omicskern.models._loading import WEIGHT_FILES, find_weights, load_strict, read_config, read_state_dict
+from omicskern.modules.hyena import HyenaOperator
+
+# HyenaOperator keyword arguments a config's "layer" block may set
+_OP_KEYS = ("emb_dim", "filter_order", "w", "num_inner_mlps", "modulate", "fast_decay_pct", "slow_decay_pct",
+            "target", "shift", "lr_pos_emb", "order", "short_filter_order", "dropout", "filter_dropout")
+
+
+@dataclass
+class HyenaDNAConfig:
+    """Shape-defining fields of a HyenaDNA ``config.json`` (tiny-1k defaults)."""
+
+    d_model: int = 128
+    n_layer: int = 2
+    d_inner: int | None = None
+    vocab_size: int = 12
+    pad_vocab_size_multiple: int = 8
+    layer_norm_epsilon: float = 1e-5
+    residual_in_fp32: bool = True
+    l_max: int = 1026
+    layer: dict = field(default_factory=lambda: {"emb_dim": 5, "filter_order": 64, "w": 10, "modulate": True})
+
+    @property
+    def padded_vocab(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return self.vocab_size + (-self.vocab_size) % m if m and m > 1 else self.vocab_size
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HyenaDNAConfig":
+        for f in ("d_model", "n_layer", "vocab_size"):
+            if f not in d:
+                raise CheckpointError(f"config.json: missing field {f!r}")
+        layer = dict(d.get("layer") or {})
+        if "layer" in d:  # the training repo's config: layer: {_name_: hyena, l_max, ...}
+            if layer.get("_name_", "hyena") != "hyena":
+                raise CheckpointError(f"config.json: layer._name_ is {layer.get('_name_')!r}; only 'hyena' is supported")
+            l_max = layer.get("l_max")
+        else:  # the -hf repos' HyenaConfig fields
+            l_max = d.get("max_seq_len")
+            hf = {"emb_dim": "emb_dim", "filter_order": "filter_order", "activation_freq": "w",
+                  "num_inner_mlps": "num_inner_mlps", "short_filter_order": "short_filter_order",
+                  "hyena_order": "order", "hyena_dropout": "dropout", "hyena_filter_dropout": "filter_dropout"}
+            layer = {ours: d[theirs] for theirs, ours in hf.items() if theirs in d}
+            layer.setdefault("modulate", True)
+        if l_max is None:
+            raise CheckpointError("config.json: missing the filter length (layer.l_max or max_seq_len)")
+        op = {k: v for k, v in layer.items() if k in _OP_KEYS}
+        return cls(d_model=d["d_model"], n_layer=d["n_layer"], d_inner=d.get("d_inner"), vocab_size=d["vocab_size"],
+                   pad_vocab_size_multiple=d.get("pad_vocab_size_multiple", 1),
+                   layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+                   residual_in_fp32=d.get("residual_in_fp32", True), l_max=int(l_max), layer=op)
+
+
+class Mlp(nn.Module):
+    def __init__(self, d: int, inner: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, inner)
+        self.fc2 = nn.Linear(inner, d)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LN block with the residual stream carried between blocks (``Block`` of the reference)."""
+
+    def __init__(self, c: HyenaDNAConfig):
+        super().__init__()
+        self.mixer = HyenaOperator(c.d_model, l_max=c.l_max, **c.layer)
+        self.norm1 = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
+        self.mlp = Mlp(c.d_model, c.d_inner or 4 * c.d_model)
+        self.norm2 = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
+        self.residual_in_fp32 = c.residual_in_fp32
+
+    def forward(self, h, residual):
+        residual = h if residual is None else h + residual
+        h = self.mixer(self.norm1(residual.to(self.norm1.weight.dtype)))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        residual = h + residual
+        h = self.mlp(self.norm2(residual.to(self.norm2.weight.dtype)))
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return h, residual
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, vocab: int, d: int):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, d)
+
+    def forward(self, ids):
+        return self.word_embeddings(ids)
+
+
+class LMBackbone(nn.Module):
+    def __init__(self, c: HyenaDNAConfig):
+        super().__init__()
+        self.embeddings = _Embeddings(c.padded_vocab, c.d_model)
+        self.layers = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
+        self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
+
+    def forward(self, ids):
+        h, res = self.embeddings(ids), None
+        for layer in self.layers:
+            h, res = layer(h, res)
+        res = h if res is None else h + res
+        return self.ln_f(res.to(self.ln_f.weight.dtype))
+
+
+class SequenceDecoder(nn.Module):
+    """HyenaDNA's classification head (``mode='pool'``): mean over **all** positions (padding
+    included, as the reference), then ``output_transform``."""
+
+    def __init__(self, d: int, n_classes: int):
+        super().__init__()
+        self.output_transform = nn.Linear(d, n_classes)
+
+    def forward(self, h):
+        return self.output_transform(h.mean(dim=1))
+
+
+def normalize_keys(sd: dict, source: str = "checkpoint") -> dict:
+    """Any released key format -> ``backbone.*`` / ``head.*`` (the ``HyenaDNAModel`` names)."""
+    keys = list(sd)
+    if any(k.startswith("model.backbone.") for k in keys):  # Lightning weights.ckpt
+        # As HyenaDNA's huggingface.load_weights: only keys containing "backbone" are used.
+        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.") and "backbone" in k}
+    elif any(k.startswith("hyena.backbone.") for k in keys):  # -hf HyenaDNAForCausalLM
+        sd = {k[len("hyena."):]: v for k, v in sd.items() if k != "lm_head.weight"}  # lm_head is tied
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"\.mixer\.layer\.", ".mixer.", k)  # checkpoint_mixer: true
+        k = re.sub(r"\.mlp\.layer\.", ".mlp.", k)
+        out[k] = v
+    return out
+
+
+class HyenaDNA(nn.Module):
+    """HyenaDNA backbone + tied LM head + optional sequence classification head.
+
+    ``forward(input_ids: [B, L])`` -> :class:`ModelOutput` with ``last_hidden_state: [B, L, d]``
+    (after ``ln_f``); ``return_logits=True`` adds ``logits: [B, L, padded_vocab]`` from the tied LM
+    head; ``classify(input_ids)`` gives ``[B, n_classes]`` from the head.
+    """
+
+    def __init__(self, config: HyenaDNAConfig, n_classes: int | None = None):
+        super().__init__()
+        self.config = config
+        self.backbone = LMBackbone(config)
+        self.head = SequenceDecoder(config.d_model, n_classes) if n_classes else None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, head: str | Path | None = None, dtype=None,
+                        device=None) -> "HyenaDNA":
+        """Load ``config.json`` + weights (``model.safetensors``, ``pytorch_model.bin`` or
+        Lightning ``weights.ckpt``) from ``path``; ``head`` is an optional file with
+        ``head.output_transform.{weight,bias}`` (e.g. ``head.safetensors``)."""
+        path = Path(path)
+        config = HyenaDNAConfig.from_dict(read_config(path))
+        wfile = find_weights(path, WEIGHT_FILES + ("weights.ckpt",))
+        sd = normalize_keys(read_state_dict(wfile), str(wfile))
+        if head is not None:
+            hsd = read_state_dict(head)
+            sd.update(hsd)
+        n_classes = None
+        if "head.output_transform.weight" in sd:
+            n_classes = sd["head.output_transform.weight"].shape[0]
+        model = cls(config, n_classes=n_classes)
+        load_strict(model, sd, source=str(wfile) + (f" + {head}" if head else ""))
+        return finish_load(model, dtype, device)
+
+    def set_backend(self, fft_conv: str | None = None, conv1d: str | None = None) -> "HyenaDNA":
+        """Backends of the long (``fft_conv``) and short (``causal_conv1d``) convolutions."""
+        for layer in self.backbone.layers:
+            layer.mixer.fft_backend = fft_conv
+            layer.mixer.conv_backend = conv1d
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                return_logits: bool = False) -> ModelOutput:
+        """input_ids: ``[B, L]``, L <= l_max. ``attention_mask`` is accepted for API symmetry and
+        not used: the reference model has none (padding is part of the causal context)."""
+        check_ids(input_ids, self.config.padded_vocab)
+        if input_ids.shape[1] > self.config.l_max:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds this model's l_max={self.config.l_max}")
+        h = self.backbone(input_ids)
+        logits = self.lm_logits(h) if return_logits else None
+        return ModelOutput(h, None, logits)
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Tied LM head (no bias): ``h @ word_embeddings.T`` -> ``[..., padded_vocab]``."""
+        return F.linear(h, self.backbone.embeddings.word_embeddings.weight)
+
+    def classify(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Sequence classification logits ``[B, n_classes]`` (head needed)."""
+        if self.head is None:
+            raise RuntimeError("this HyenaDNA has no classification head (pass head=... to from_pretrained)")
+        return self.head(self.forward(input_ids).last_hidden_state)
+
+    @torch.no_grad()
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              pooling: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``[B, L, d]`` and pooled ``[B, d]`` embeddings.
+
+        pooling: ``"mean"`` over the tokens where ``attention_mask`` is 1 (all tokens without a
+        mask), or ``"last"`` (the last position: with left padding a real token that has seen the
+        whole sequence, the natural summary of a causal model).
+        """
+        h = self.forward(input_ids).last_hidden_state
+        if pooling == "mean":
+            m = check_mask(attention_mask, input_ids).float()
+            pooled = ((h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True)).to(h.dtype)
+        elif pooling == "last":
+            pooled = h[:, -1]
+        else:
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        return h, pooled
