@@ -1,0 +1,250 @@
+"""``fft_conv``: long (causal or two-sided) convolution through the FFT, with bias and gate fused.
+
+Backends (chosen by :func:`omicskern.ops.backends.choose`, env ``OMICSKERN_FFT_CONV_BACKEND``):
+
+* ``triton``    omicskern's Triton kernels (CUDA; CPU only through ``TRITON_INTERPRET=1``);
+* ``torch``     ``torch.fft`` with a fast FFT size, fp32 (fp64 for fp64 inputs) and its own
+                backward that recomputes spectra instead of storing them (CPU default);
+* ``reference`` float64 ``torch.fft`` (:func:`fft_conv_ref`) through plain autograd.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from omicskern.ops import backends
+
+_OP = "fft_conv"
+
+
+# ----------------------------------------------------------------------------------------------
+# FFT sizes
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def fast_fft_len(n: int, primes: tuple[int, ...] = (2, 3, 5, 7)) -> int:
+    """Smallest even m >= n whose prime factors are all in ``primes`` (pocketFFT/cuFFT fast sizes).
+
+    HyenaDNA pads to 2L; any m >= 2L-1 avoids wrap-around, and e.g. L=4097 then costs an FFT of
+    8232 = 2^3 3 7^3 instead of 8194 = 2 17 241 (a slow Bluestein size).
+    """
+    m = max(2, n + (n & 1))
+    while True:
+        r = m
+        for p in primes:
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks (shared by every backend)
+# ----------------------------------------------------------------------------------------------
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check(u, k, bias, gate, causal):
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"fft_conv: u must be a [B, H, L] tensor, got "
+                         f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
+    B, H, L = u.shape
+    if L == 0:
+        raise ValueError("fft_conv: u has length L=0")
+    Lk = L if causal else 2 * L - 1
+    what = "L" if causal else "2L-1 (two-sided, causal=False)"
+    if not isinstance(k, torch.Tensor) or k.dim() not in (2, 3):
+        raise ValueError(f"fft_conv: k must be [H, {what}] or [B, H, {what}]")
+    if k.dim() == 2 and tuple(k.shape) != (H, Lk) or k.dim() == 3 and tuple(k.shape) != (B, H, Lk):
+        raise ValueError(f"fft_conv: k has shape {tuple(k.shape)}, expected ({H}, {Lk}) or "
+                         f"({B}, {H}, {Lk}) for u of shape {tuple(u.shape)} (k length must be {what})")
+    if bias is not None and tuple(bias.shape) != (H,):
+        raise ValueError(f"fft_conv: bias has shape {tuple(bias.shape)}, expected ({H},)")
+    if gate is not None and tuple(gate.shape) != tuple(u.shape):
+        raise ValueError(f"fft_conv: gate has shape {tuple(gate.shape)}, expected {tuple(u.shape)} (as u)")
+    for name, t in (("u", u), ("k", k), ("bias", bias), ("gate", gate)):
+        if t is None:
+            continue
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"fft_conv: {name} has dtype {t.dtype}; expected a floating dtype")
+        if t.device != u.device:
+            raise ValueError(f"fft_conv: {name} is on {t.device} but u is on {u.device}")
+
+
+# ----------------------------------------------------------------------------------------------
+# torch backend: torch.fft with its own backward
+# ----------------------------------------------------------------------------------------------
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _k_spectrum(k, bias, n, offset, cdt):
+    """rfft of k with the bias folded in as an extra tap at lag 0 (index ``offset``), scaled by 1/n.
+
+    y = k * u + D u  ==  (k + D delta_0) * u, so the bias costs nothing in the transform domain and
+    its gradient is the lag-0 tap of dk. Scaling the (small, [H, n]) filter spectrum instead of the
+    output saves a pass over [B, H, n].
+    """
+    kk = k.to(cdt)
+    if bias is not None:
+        kk = kk.clone() if kk is k else kk
+        kk[..., offset] += bias.to(cdt)
+    return torch.fft.rfft(kk, n=n, norm="forward")
+
+
+def _torch_fwd(u, k, bias, gate, causal, out_dtype):
+    L = u.shape[-1]
+    cdt = _compute_dtype(u)
+    n = fast_fft_len(2 * L - 1)
+    offset = 0 if causal else L - 1
+    K = _k_spectrum(k, bias, n, offset, cdt)
+    U = torch.fft.rfft(u.to(cdt), n=n)
+    U.mul_(K)  # in place: shapes are checked, K broadcasts over the batch
+    y = torch.fft.irfft(U, n=n, norm="forward")[..., offset:offset + L]
+    del U
+    if gate is not None:
+        out = torch.empty(u.shape, dtype=out_dtype, device=u.device)
+        return torch.mul(y, gate, out=out)
+    return y.to(out_dtype, copy=True) if out_dtype != y.dtype else y.contiguous()
+
+
+def _torch_bwd(dy, u, k, bias, gate, causal, needs):
+    need_u, need_k, need_bias, need_gate = needs
+    B, H, L = u.shape
+    cdt = _compute_dtype(u)
+    n = fast_fft_len(2 * L - 1)
+    offset = 0 if causal else L - 1
+    Lk = k.shape[-1]
+    dy = dy.to(cdt)
+    U = torch.fft.rfft(u.to(cdt), n=n) if (need_k or need_bias or need_gate) else None
+    K = _k_spectrum(k, bias, n, offset, cdt) if (need_u or need_gate) else None
+    du = dk = dbias = dgate = None
+    if gate is not None:
+        if need_gate:
+            z = torch.fft.irfft(U * K, n=n, norm="forward")[..., offset:offset + L]
+            dgate = (dy * z).to(gate.dtype)
+            del z
+        dz = dy * gate.to(cdt)
+    else:
+        dz = dy
+    if offset:  # two-sided: dz sits at [L-1, 2L-1) of the length-n frame (see docs/fftconv.md)
+        DZ = torch.fft.rfft(torch.nn.functional.pad(dz, (offset, 0)), n=n)
+    else:
+        DZ = torch.fft.rfft(dz, n=n)
+    if need_u:
+        # correlation with k == convolution with the conjugate spectrum
+        du = torch.fft.irfft(DZ * K.conj(), n=n, norm="forward")[..., :L].to(u.dtype)
+    if need_k or need_bias:
+        P = DZ.mul_(U.conj())
+        if k.dim() == 2:
+            P = P.sum(0)
+        dkf = torch.fft.irfft(P, n=n)[..., :Lk]
+        if need_bias:
+            db = dkf[..., offset]
+            dbias = (db if db.dim() == 1 else db.sum(0)).to(bias.dtype)
+        if need_k:
+            dk = dkf.to(k.dtype)
+    return du, dk, dbias, dgate
+
+
+class FftConvTorchFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, k, bias, gate, causal):
+        ctx.save_for_backward(u, k, bias, gate)
+        ctx.causal = causal
+        return _torch_fwd(u, k, bias, gate, causal, u.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        u, k, bias, gate = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 bias is not None and ctx.needs_input_grad[2],
+                 gate is not None and ctx.needs_input_grad[3])
+        du, dk, dbias, dgate = _torch_bwd(dy, u, k, bias, gate, ctx.causal, needs)
+        return du, dk, dbias, dgate, None
+
+
+class FftConvTritonFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, k, bias, gate, causal):
+        from omicskern.ops.fftconv import triton as tk
+
+        ctx.save_for_backward(u, k, bias, gate)
+        ctx.causal = causal
+        return tk.fft_conv_fwd(u, k, bias, gate, causal)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        from omicskern.ops.fftconv import triton as tk
+
+        u, k, bias, gate = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                 bias is not None and ctx.needs_input_grad[2],
+                 gate is not None and ctx.needs_input_grad[3])
+        du, dk, dbias, dgate = tk.fft_conv_bwd(dy, u, k, bias, gate, ctx.causal, needs)
+        return du, dk, dbias, dgate, None
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatch
+# ----------------------------------------------------------------------------------------------
+def _triton_probe(u: torch.Tensor, causal: bool):
+    def probe():
+        reason = backends.triton_probe(u.device.type)
+        if reason is not None:
+            return reason
+        from omicskern.ops.fftconv import triton as tk
+
+        return tk.unsupported_reason(u.shape[-1], causal)
+    return probe
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None, *,
+             gate: torch.Tensor | None = None, causal: bool = True,
+             backend: str | None = None) -> torch.Tensor:
+    """Long convolution of every channel with its own filter, via the FFT.
+
+    Causal (``causal=True``)::
+
+        y[b, h, t] = (sum_{s <= t} k[h, t - s] u[b, h, s] + bias[h] u[b, h, t]) * gate[b, h, t]
+
+    Two-sided (``causal=False``, for bidirectional models): ``k`` has length 2L-1 and is centred,
+    ``k[h, L-1+d]`` weighting the input d positions *before* t (d<0: after); a linear (not circular)
+    convolution, "same" size::
+
+        y[b, h, t] = (sum_{s=0}^{L-1} k[h, L-1 + t - s] u[b, h, s] + bias[h] u[b, h, t]) * gate
+
+    Args:
+        u: [B, H, L] input (fp32/fp16/bf16/fp64), any L >= 1.
+        k: [H, L] shared over the batch or [B, H, L] per sample ([.., 2L-1] when ``causal=False``).
+        bias: [H] or None, the skip term D (HyenaDNA's ``filter_fn.bias``).
+        gate: [B, H, L] or None, multiplies the result (Hyena's next gate, fused).
+        causal: see above.
+        backend: ``"triton"``, ``"torch"``, ``"reference"`` or None (best available: CUDA ->
+            triton where it supports L, else torch; CPU -> torch).
+    Returns:
+        [B, H, L] in u's dtype; accumulation is fp32 (fp64 for fp64 inputs). Differentiable in
+        u, k, bias and gate.
+
+    Example:
+        >>> u, k = torch.randn(2, 4, 1000), torch.randn(4, 1000)
+        >>> y = fft_conv(u, k, torch.randn(4), gate=torch.randn(2, 4, 1000))
+    """
+    _check(u, k, bias, gate, causal)
+    probes = {
+        "triton": _triton_probe(u, causal),
+        "torch": lambda: None,
+        "reference": lambda: None,
+    }
+    preference = ["triton", "torch"] if u.device.type == "cuda" else ["torch"]
+    name = backends.choose(_OP, backend, probes, preference)
+    if name == "reference":
+        from omicskern.ops.fftconv.reference import fft_conv_ref
+
+        return fft_conv_ref(u, k, bias, gate, causal).to(u.dtype)
+    fn = FftConvTritonFn if name == "triton" else FftConvTorchFn
+    return fn.apply(u, k, bias, gate, causal)

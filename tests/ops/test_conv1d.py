@@ -1,0 +1,85 @@
+"""causal_conv1d: backends against the float64 reference, which is checked against nn.Conv1d."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omicskern.ops.conv1d import causal_conv1d, causal_conv1d_ref
+
+F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
+# (atol, rtol): fp32 accumulation of <= 4 taps; half precision is bounded by the output's rounding
+TOL = {F64: (1e-12, 1e-12), F32: (1e-5, 1e-5), F16: (2e-3, 2e-3), BF16: (1.6e-2, 1.6e-2)}
+
+
+def make(B, C, L, K, dtype, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, L, generator=g).to(dtype)
+    w = (torch.randn(C, K, generator=g) / K ** 0.5).to(dtype)
+    b = torch.randn(C, generator=g).to(dtype)
+    if requires_grad:
+        for t in (x, w, b):
+            t.requires_grad_(True)
+    return x, w, b
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_reference_is_hyena_short_filter(K):
+    """The definition equals HyenaDNA's nn.Conv1d(padding=K-1)[..., :L]."""
+    x, w, b = make(2, 6, 17, K, F64)
+    conv = torch.nn.Conv1d(6, 6, K, padding=K - 1, groups=6).double()
+    with torch.no_grad():
+        conv.weight.copy_(w[:, None])
+        conv.bias.copy_(b)
+        want = conv(x)[..., :17]
+    torch.testing.assert_close(causal_conv1d_ref(x, w, b), want, atol=1e-12, rtol=1e-12)
+
+
+CASES = [
+    pytest.param(2, 5, 1, 3, F32, id="B2-C5-L1-K3-fp32"),
+    pytest.param(2, 5, 3, 4, F32, id="B2-C5-L3-K4-fp32"),
+    pytest.param(1, 7, 17, 2, F32, id="B1-C7-L17-K2-fp32"),
+    pytest.param(2, 3, 113, 3, F64, id="B2-C3-L113-K3-fp64"),
+    pytest.param(2, 33, 300, 4, F16, id="B2-C33-L300-K4-fp16"),
+    pytest.param(2, 33, 300, 3, BF16, id="B2-C33-L300-K3-bf16"),
+]
+
+
+def _check_backend(backend, B, C, L, K, dtype, activation):
+    x, w, b = make(B, C, L, K, dtype, seed=L + K, requires_grad=True)
+    y = causal_conv1d(x, w, b, activation=activation, backend=backend)
+    assert y.dtype == dtype and y.shape == (B, C, L)
+    ref = causal_conv1d_ref(x, w, b, activation)
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(y.double(), ref.detach(), atol=atol, rtol=rtol)
+    dy = torch.randn(B, C, L, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    want = torch.autograd.grad(ref, (x, w, b), dy.double())
+    for name, gt, wt in zip(("dx", "dw", "db"), got, want):
+        scale = wt.abs().max().item() + 1.0  # dw, db sum over B*L terms
+        torch.testing.assert_close(gt.double(), wt.double(), atol=atol * scale, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("B,C,L,K,dtype", CASES)
+def test_torch_backend(B, C, L, K, dtype, activation):
+    _check_backend("torch", B, C, L, K, dtype, activation)
+
+
+def test_no_bias():
+    x, w, _ = make(2, 4, 20, 3, F32)
+    torch.testing.assert_close(causal_conv1d(x, w, backend="torch").double(),
+                               causal_conv1d_ref(x, w), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(x=torch.randn(4, 10), w=torch.randn(4, 3)), r"\[B, C, L\]"),
+    (dict(x=torch.randn(1, 4, 10), w=torch.randn(5, 3)), r"weight must be \[C=4, K\]"),
+    (dict(x=torch.randn(1, 4, 10), w=torch.randn(4, 9)), "K=9"),
+    (dict(x=torch.randn(1, 4, 10), w=torch.randn(4, 3), b=torch.randn(3)), "bias"),
+    (dict(x=torch.randn(1, 4, 10), w=torch.randn(4, 3), activation="relu"), "activation"),
+])
+def test_bad_inputs(kw, match):
+    with pytest.raises(ValueError, match=match):
+        causal_conv1d(kw["x"], kw["w"], kw.get("b"), activation=kw.get("activation"))

@@ -1,0 +1,161 @@
+"""fft_conv: every backend against the float64 reference, which is checked against the definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omicskern.errors import BackendUnavailableError
+from omicskern.ops.fftconv import fast_fft_len, fft_conv, fft_conv_direct_ref, fft_conv_ref
+
+F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
+# (atol, rtol) per input dtype, relative to the output's scale (inputs ~N(0,1), k ~ N(0,1)/sqrt(L)).
+# fp32: FFT round-off grows ~ log2(n) eps; half precision: the inputs' own rounding dominates
+# (errors are measured against the reference fed the SAME rounded inputs, so only fp32
+# accumulation error and the output's final rounding remain).
+TOL = {F64: (1e-10, 1e-10), F32: (2e-5, 2e-5), F16: (2e-3, 2e-3), BF16: (1.6e-2, 1.6e-2)}
+
+
+def make_inputs(B, H, L, dtype, *, causal=True, k_batched=False, bias=True, gate=True, seed=0,
+                requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    Lk = L if causal else 2 * L - 1
+    u = torch.randn(B, H, L, generator=g)
+    k = torch.randn(*((B,) if k_batched else ()), H, Lk, generator=g) / Lk ** 0.5
+    b = torch.randn(H, generator=g) if bias else None
+    gt = torch.randn(B, H, L, generator=g) if gate else None
+    out = [t.to(dtype) if t is not None else None for t in (u, k, b, gt)]
+    if requires_grad:
+        for t in out:
+            if t is not None:
+                t.requires_grad_(True)
+    return out
+
+
+def assert_close_scaled(got, ref, dtype, what=""):
+    """|got - ref| <= atol * max|ref| + rtol * |ref| elementwise (scale-aware for FFT outputs)."""
+    atol, rtol = TOL[dtype]
+    ref = ref.double()
+    err = (got.double() - ref).abs()
+    bound = atol * ref.abs().max().clamp(min=1e-30) + rtol * ref.abs()
+    bad = err > bound
+    assert not bad.any(), (f"{what}: {int(bad.sum())}/{bad.numel()} elements off; max err "
+                           f"{err.max().item():.3g}, max|ref| {ref.abs().max().item():.3g}")
+
+
+# ------------------------------------------------------------------------------------------------
+def test_fast_fft_len():
+    assert fast_fft_len(1) == 2
+    assert fast_fft_len(2047) == 2048
+    assert fast_fft_len(8193) == 8232  # 2^3 3 7^3 (HyenaDNA would use 8194 = 2 17 241)
+    for n in range(1, 3000, 7):
+        m = fast_fft_len(n)
+        assert m >= n and m % 2 == 0
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "twosided"])
+@pytest.mark.parametrize("L", [1, 2, 3, 17, 50])
+@pytest.mark.parametrize("k_batched", [False, True], ids=["kH", "kBH"])
+def test_reference_matches_definition(L, causal, k_batched):
+    u, k, b, g = make_inputs(2, 3, L, F64, causal=causal, k_batched=k_batched, seed=L)
+    torch.testing.assert_close(fft_conv_ref(u, k, b, g, causal),
+                               fft_conv_direct_ref(u, k, b, g, causal), atol=1e-12, rtol=1e-12)
+
+
+CASES = [
+    pytest.param(2, 3, 1, F32, id="B2-H3-L1-fp32"),
+    pytest.param(2, 3, 3, F32, id="B2-H3-L3-fp32"),
+    pytest.param(2, 3, 17, F64, id="B2-H3-L17-fp64"),
+    pytest.param(2, 3, 113, F32, id="B2-H3-L113-fp32"),
+    pytest.param(1, 4, 1000, F32, id="B1-H4-L1000-fp32"),
+    pytest.param(2, 2, 4097, F32, id="B2-H2-L4097-fp32"),
+    pytest.param(2, 3, 1000, F16, id="B2-H3-L1000-fp16"),
+    pytest.param(2, 3, 1000, BF16, id="B2-H3-L1000-bf16"),
+]
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "twosided"])
+@pytest.mark.parametrize("B,H,L,dtype", CASES)
+def test_torch_forward(B, H, L, dtype, causal):
+    u, k, b, g = make_inputs(B, H, L, dtype, causal=causal, seed=L)
+    y = fft_conv(u, k, b, gate=g, causal=causal, backend="torch")
+    assert y.dtype == dtype and y.shape == (B, H, L)
+    assert_close_scaled(y, fft_conv_ref(u, k, b, g, causal), dtype, "y")
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "twosided"])
+@pytest.mark.parametrize("k_batched", [False, True], ids=["kH", "kBH"])
+@pytest.mark.parametrize("B,H,L,dtype", [c for c in CASES if c.values[2] != 4097])
+def test_torch_backward(B, H, L, dtype, causal, k_batched):
+    u, k, b, g = make_inputs(B, H, L, dtype, causal=causal, k_batched=k_batched, seed=L + 1,
+                             requires_grad=True)
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(7)).to(dtype)
+    got = torch.autograd.grad(fft_conv(u, k, b, gate=g, causal=causal, backend="torch"), (u, k, b, g), dy)
+    ref = torch.autograd.grad(fft_conv_ref(u, k, b, g, causal), (u, k, b, g), dy.double())
+    for name, x, r, t in zip("u k bias gate".split(), got, ref, (u, k, b, g)):
+        assert x.dtype == t.dtype and x.shape == t.shape, name
+        assert_close_scaled(x, r, dtype, f"d{name}")
+
+
+@pytest.mark.parametrize("bias,gate", [(False, False), (True, False), (False, True)],
+                         ids=["plain", "bias", "gate"])
+def test_torch_optional_args_and_partial_grads(bias, gate):
+    u, k, b, g = make_inputs(2, 3, 40, F32, bias=bias, gate=gate, seed=3)
+    k.requires_grad_(True)  # only k needs a gradient
+    y = fft_conv(u, k, b, gate=g, backend="torch")
+    assert_close_scaled(y, fft_conv_ref(u, k, b, g), F32, "y")
+    (dk,) = torch.autograd.grad(y.sum(), k)
+    (rk,) = torch.autograd.grad(fft_conv_ref(u, k, b, g).sum(), k)
+    assert_close_scaled(dk, rk, F32, "dk")
+
+
+def test_torch_large_L():
+    """L = 2^18 (B=1, H=2) in fp32 against the fp64 reference, with gradients of u and k."""
+    L = 1 << 18
+    u, k, b, g = make_inputs(1, 2, L, F32, seed=11, requires_grad=True)
+    y = fft_conv(u, k, b, gate=g, backend="torch")
+    ref = fft_conv_ref(u, k, b, g)
+    assert_close_scaled(y, ref, F32, "y")
+    dy = torch.randn(1, 2, L, generator=torch.Generator().manual_seed(5))
+    got = torch.autograd.grad(y, (u, k), dy)
+    want = torch.autograd.grad(ref, (u, k), dy.double())
+    for name, x, r in zip("uk", got, want):
+        assert_close_scaled(x, r, F32, f"d{name}")
+
+
+def test_reference_backend_and_dispatch(monkeypatch):
+    u, k, b, g = make_inputs(2, 3, 30, F32, seed=1)
+    y = fft_conv(u, k, b, gate=g, backend="reference")
+    assert y.dtype == F32
+    assert_close_scaled(y, fft_conv_ref(u, k, b, g), F32, "y")
+    monkeypatch.setenv("OMICSKERN_FFT_CONV_BACKEND", "reference")
+    torch.testing.assert_close(fft_conv(u, k, b, gate=g), y)
+    monkeypatch.setenv("OMICSKERN_FFT_CONV_BACKEND", "nope")
+    with pytest.raises(ValueError, match="unknown backend"):
+        fft_conv(u, k)
+
+
+def test_triton_unavailable_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    u, k, _, _ = make_inputs(1, 2, 8, F32)
+    with pytest.raises(BackendUnavailableError, match="triton"):
+        fft_conv(u, k, backend="triton")
+
+
+@pytest.mark.parametrize("args,match", [
+    (dict(u=torch.randn(2, 8), k=torch.randn(2, 8)), r"\[B, H, L\]"),
+    (dict(u=torch.randn(1, 2, 8), k=torch.randn(2, 7)), r"expected \(2, 8\)"),
+    (dict(u=torch.randn(1, 2, 8), k=torch.randn(2, 8), causal=False), r"2L-1"),
+    (dict(u=torch.randn(1, 2, 8), k=torch.randn(2, 8), bias=torch.randn(3)), "bias"),
+    (dict(u=torch.randn(1, 2, 8), k=torch.randn(2, 8), gate=torch.randn(1, 2, 7)), "gate"),
+    (dict(u=torch.randn(1, 2, 0), k=torch.randn(2, 0)), "L=0"),
+])
+def test_bad_inputs(args, match):
+    u, k = args.pop("u"), args.pop("k")
+    with pytest.raises(ValueError, match=match):
+        fft_conv(u, k, args.pop("bias", None), **args)
+
+
+def test_bad_dtype():
+    with pytest.raises(TypeError, match="dtype"):
+        fft_conv(torch.ones(1, 2, 8, dtype=torch.int64), torch.randn(2, 8))
