@@ -89,7 +89,8 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, so
     ign = [re.compile(p) for p in ignore]
     opt = [re.compile(p) for p in optional]
     expected = module.state_dict()
-    sd = {k: v for k, v in state_dict.items() if not any(p.fullmatch(k) for p in ign)}
+    sd = {_legacy_name(k, expected): v for k, v in state_dict.items()}
+    sd = {k: v for k, v in sd.items() if not any(p.fullmatch(k) for p in ign)}
     missing = [k for k in expected if k not in sd
                and not (k in tied and tied[k] in sd)
                and not any(p.fullmatch(k) for p in opt)]
@@ -112,6 +113,15 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, so
         for name, tensor in expected.items():
             if name in sd:
                 tensor.copy_(sd[name].to(dtype=tensor.dtype))
+
+
+def _legacy_name(key: str, expected: Mapping) -> str:
+    # Old TF-converted checkpoints (and transformers' save of some models) name LayerNorm
+    # parameters gamma/beta; transformers renames them on load, so do we.
+    for old, new in ((".gamma", ".weight"), (".beta", ".bias")):
+        if key.endswith(old) and key not in expected and key[: -len(old)] + new in expected:
+            return key[: -len(old)] + new
+    return key
 
 
 def rename_keys(state_dict: Mapping[str, torch.Tensor], fn: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
