@@ -1,7 +1,355 @@
-"""Triton kernels for ``fft_conv`` (work in progress: not available yet)."""
+"""Triton kernels for ``fft_conv``: FFTs as (complex) matrix products, Monarch / Cooley-Tukey style.
+
+A length-N DFT with N = N1 N2 is, on the N1 x N2 tile ``X[n1, n2] = x[N2 n1 + n2]``::
+
+    A = F_N1 @ X                      (DFT down the columns)
+    A *= T,  T[k1, n2] = w_N^(k1 n2)  (twiddles)
+    Y = A @ F_N2                      Y[k1, k2] = x_hat[k1 + N1 k2]
+
+so one FFT is two dense matrix products (tensor cores on GPU) plus an elementwise twiddle; the
+spectrum comes out in a permuted order, which is harmless because it is only multiplied
+pointwise by the filter's spectrum, prepared in the same order, before the inverse runs the
+steps backwards with conjugate matrices. Complex products are four real ``tl.dot``s.
+
+* N <= ``FUSED_MAX_N`` (8192, i.e. L <= 4096): one kernel per (b, h) row does load -> FFT ->
+  x filter spectrum -> inverse FFT -> gate -> store; nothing but u, gate and y touch memory.
+* larger N (to L = 2^20): N = P M with P >= 16; three kernels (the "four-step" FFT): an outer
+  P-point DFT over column blocks with twiddles into a scratch buffer, a per-(row, k_p) kernel
+  doing the inner M-point FFT, filter product and inverse with the two-level scheme above, and
+  the outer inverse with gate and output window. Rows are processed in chunks so the scratch
+  buffer stays bounded.
+
+The filter's spectrum (one per h, or per (b, h)) is computed with ``torch.fft`` in fp32, scaled
+by 1/N, with the skip term D folded in as an extra tap, and gathered into the kernels' order.
+All products accumulate in fp32 (``tl.dot`` with ``input_precision="tf32x3"`` on GPU, close to
+fp32; plain fp32 in the interpreter).
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+FUSED_MAX_N = 8192     # largest FFT done in a single fused kernel
+MIN_N = 256            # 16 x 16: tl.dot needs every dim >= 16
+MAX_L = 1 << 20        # outer P <= 128 at M = 8192 ... P = 256 for N = 2^21
+SCRATCH_BYTES = 1 << 30  # row chunking bound for the large-N path's scratch buffer
+
 
 def unsupported_reason(L: int, causal: bool) -> str | None:
-    return "the Triton fft_conv kernels are not implemented yet"
+    if L > MAX_L:
+        return f"the Triton fft_conv supports L <= {MAX_L} (got L={L}); use backend='torch'"
+    return None
+
+
+def _split(n: int) -> tuple[int, int]:
+    """n = n1 * n2, powers of two, n1 >= n2 (n1 = n2 or 2 n2)."""
+    lg = int(math.log2(n))
+    n2 = 1 << (lg // 2)
+    return n // n2, n2
+
+
+def plan(L: int) -> dict:
+    """FFT size and decomposition for length L (both causal and two-sided need N >= 2L-1)."""
+    N = max(MIN_N, 1 << max(0, (2 * L - 2).bit_length()))
+    if N <= FUSED_MAX_N:
+        N1, N2 = _split(N)
+        return dict(N=N, fused=True, N1=N1, N2=N2)
+    P = max(16, N // FUSED_MAX_N)
+    N = max(N, P * MIN_N)
+    M = N // P
+    M1, M2 = _split(M)
+    return dict(N=N, fused=False, P=P, M=M, N1=M1, N2=M2)
+
+
+# ----------------------------------------------------------------------------------------------
+# constant matrices (fp64 -> fp32, cached per device)
+# ----------------------------------------------------------------------------------------------
+def _cplx_planes(z: torch.Tensor, device) -> torch.Tensor:
+    return torch.stack([z.real, z.imag]).to(torch.float32).to(device).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _dft(n: int, device) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float64)
+    return _cplx_planes(torch.exp(-2j * math.pi * torch.outer(i, i) / n), device)
+
+
+@functools.lru_cache(maxsize=64)
+def _twiddle(rows: int, cols: int, n: int, device) -> torch.Tensor:
+    r = torch.arange(rows, dtype=torch.float64)
+    c = torch.arange(cols, dtype=torch.float64)
+    # exact integer product mod n keeps the angle accurate for large n
+    prod = torch.remainder(torch.outer(r, c), n)
+    return _cplx_planes(torch.exp(-2j * math.pi * prod / n), device)
+
+
+@functools.lru_cache(maxsize=64)
+def _spectrum_index(N: int, P: int, N1: int, N2: int, device) -> torch.Tensor:
+    """Flat index into x_hat for each slot of the kernels' [P, N1, N2] spectrum tile."""
+    kp = torch.arange(P)[:, None, None]
+    k1 = torch.arange(N1)[None, :, None]
+    k2 = torch.arange(N2)[None, None, :]
+    return (kp + P * (k1 + N1 * k2)).reshape(-1).to(device)
+
+
+def filter_spectrum(k: torch.Tensor, bias, offset: int, pl: dict) -> torch.Tensor:
+    """[Hk, 2, N] fp32 (re, im planes) of (k + D delta_offset) / N in the kernels' order."""
+    N = pl["N"]
+    kk = k.to(torch.float32)
+    if bias is not None:
+        kk = kk.clone() if kk is k else kk
+        kk[..., offset] += bias.to(torch.float32)
+    K = torch.fft.fft(kk.reshape(-1, kk.shape[-1]), n=N) / N
+    P = 1 if pl["fused"] else pl["P"]
+    K = K[:, _spectrum_index(N, P, pl["N1"], pl["N2"], k.device)]
+    return torch.stack([K.real, K.imag], dim=1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _load_mat(ptr, R: tl.constexpr, C: tl.constexpr, PLANE: tl.constexpr):
+    r = tl.arange(0, R)[:, None]
+    c = tl.arange(0, C)[None, :]
+    re = tl.load(ptr + r * C + c)
+    im = tl.load(ptr + PLANE + r * C + c)
+    return re, im
+
+
+@triton.jit
+def _fft2_fwd(xr, xi, f1_ptr, f2_ptr, tw_ptr, N1: tl.constexpr, N2: tl.constexpr,
+              REAL_IN: tl.constexpr, PREC: tl.constexpr):
+    """[N1, N2] tile (n1, n2) -> spectrum tile (k1, k2) = x_hat[k1 + N1 k2]."""
+    f1r, f1i = _load_mat(f1_ptr, N1, N1, N1 * N1)
+    if REAL_IN:
+        ar = tl.dot(f1r, xr, input_precision=PREC)
+        ai = tl.dot(f1i, xr, input_precision=PREC)
+    else:
+        ar = tl.dot(f1r, xr, input_precision=PREC) - tl.dot(f1i, xi, input_precision=PREC)
+        ai = tl.dot(f1r, xi, input_precision=PREC) + tl.dot(f1i, xr, input_precision=PREC)
+    tr, ti = _load_mat(tw_ptr, N1, N2, N1 * N2)
+    br = ar * tr - ai * ti
+    bi = ar * ti + ai * tr
+    f2r, f2i = _load_mat(f2_ptr, N2, N2, N2 * N2)
+    yr = tl.dot(br, f2r, input_precision=PREC) - tl.dot(bi, f2i, input_precision=PREC)
+    yi = tl.dot(br, f2i, input_precision=PREC) + tl.dot(bi, f2r, input_precision=PREC)
+    return yr, yi
+
+
+@triton.jit
+def _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1: tl.constexpr, N2: tl.constexpr,
+              REAL_OUT: tl.constexpr, PREC: tl.constexpr):
+    """Inverse of :func:`_fft2_fwd` without the 1/N (folded into the filter spectrum)."""
+    f2r, f2i = _load_mat(f2_ptr, N2, N2, N2 * N2)
+    # Z @ conj(F2)
+    br = tl.dot(zr, f2r, input_precision=PREC) + tl.dot(zi, f2i, input_precision=PREC)
+    bi = tl.dot(zi, f2r, input_precision=PREC) - tl.dot(zr, f2i, input_precision=PREC)
+    tr, ti = _load_mat(tw_ptr, N1, N2, N1 * N2)
+    cr = br * tr + bi * ti
+    ci = bi * tr - br * ti
+    f1r, f1i = _load_mat(f1_ptr, N1, N1, N1 * N1)
+    # conj(F1) @ C
+    outr = tl.dot(f1r, cr, input_precision=PREC) + tl.dot(f1i, ci, input_precision=PREC)
+    if REAL_OUT:
+        outi = outr
+    else:
+        outi = tl.dot(f1r, ci, input_precision=PREC) - tl.dot(f1i, cr, input_precision=PREC)
+    return outr, outi
+
+
+@triton.jit
+def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f2_ptr, tw_ptr,
+                         H, L, in_off, out_off, spec_bstride,
+                         N1: tl.constexpr, N2: tl.constexpr, HAS_XMUL: tl.constexpr,
+                         HAS_OMUL: tl.constexpr, PREC: tl.constexpr):
+    """One (b, h) row: out[t] = omul[t] * (irfft(rfft(x*xmul placed at in_off) * spec))[out_off + t]."""
+    row = tl.program_id(0)
+    b = row // H
+    h = row % H
+    n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
+    base = row.to(tl.int64) * L
+    t = n - in_off
+    m = (t >= 0) & (t < L)
+    x = tl.load(x_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+    if HAS_XMUL:
+        x = x * tl.load(xmul_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+    yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h * (2 * N1 * N2)
+    kr, ki = _load_mat(sp, N1, N2, N1 * N2)
+    zr = yr * kr - yi * ki
+    zi = yr * ki + yi * kr
+    y, _ = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+    t = n - out_off
+    m = (t >= 0) & (t < L)
+    if HAS_OMUL:
+        y = y * tl.load(omul_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + base + t, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _fft_conv_outer_fwd_kernel(x_ptr, xmul_ptr, bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, L, in_off,
+                               P: tl.constexpr, M: tl.constexpr, BM: tl.constexpr,
+                               HAS_XMUL: tl.constexpr, PREC: tl.constexpr):
+    """Outer step of the four-step FFT: P-point DFTs of columns x[M p + m], times w_N^(k_p m)."""
+    row = tl.program_id(0)
+    mb = tl.program_id(1)
+    p = tl.arange(0, P)[:, None]
+    mc = mb * BM + tl.arange(0, BM)[None, :]
+    t = p * M + mc - in_off
+    msk = (t >= 0) & (t < L)
+    base = row.to(tl.int64) * L
+    x = tl.load(x_ptr + base + t, mask=msk, other=0.0).to(tl.float32)
+    if HAS_XMUL:
+        x = x * tl.load(xmul_ptr + base + t, mask=msk, other=0.0).to(tl.float32)
+    fr, fi = _load_mat(fp_ptr, P, P, P * P)
+    ar = tl.dot(fr, x, input_precision=PREC)
+    ai = tl.dot(fi, x, input_precision=PREC)
+    tr = tl.load(tw_ptr + p * M + mc)
+    ti = tl.load(tw_ptr + P * M + p * M + mc)
+    o = row.to(tl.int64) * (P * M) + p * M + mc
+    tl.store(bufr_ptr + o, ar * tr - ai * ti)
+    tl.store(bufi_ptr + o, ar * ti + ai * tr)
+
+
+@triton.jit
+def _fft_conv_inner_kernel(bufr_ptr, bufi_ptr, spec_ptr, f1_ptr, f2_ptr, tw_ptr, H, row0,
+                           spec_bstride, P: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
+                           PREC: tl.constexpr):
+    """Row (local), k_p: inner M-point FFT, times the filter spectrum, inverse M-point FFT."""
+    row = tl.program_id(0)
+    kp = tl.program_id(1)
+    grow = row0 + row
+    b = grow // H
+    h = grow % H
+    n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
+    o = (row.to(tl.int64) * P + kp) * (N1 * N2) + n
+    xr = tl.load(bufr_ptr + o)
+    xi = tl.load(bufi_ptr + o)
+    yr, yi = _fft2_fwd(xr, xi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
+    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h * (2 * P * N1 * N2) + kp * (N1 * N2)
+    kr, ki = _load_mat(sp, N1, N2, P * N1 * N2)
+    zr = yr * kr - yi * ki
+    zi = yr * ki + yi * kr
+    outr, outi = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
+    tl.store(bufr_ptr + o, outr)
+    tl.store(bufi_ptr + o, outi)
+
+
+@triton.jit
+def _fft_conv_outer_inv_kernel(bufr_ptr, bufi_ptr, out_ptr, omul_ptr, fp_ptr, tw_ptr, L, out_off,
+                               P: tl.constexpr, M: tl.constexpr, BM: tl.constexpr,
+                               HAS_OMUL: tl.constexpr, PREC: tl.constexpr):
+    """Inverse outer step: conj twiddles, conj(F_P) @ B, real part, output window and gate."""
+    row = tl.program_id(0)
+    mb = tl.program_id(1)
+    p = tl.arange(0, P)[:, None]
+    mc = mb * BM + tl.arange(0, BM)[None, :]
+    o = row.to(tl.int64) * (P * M) + p * M + mc
+    br = tl.load(bufr_ptr + o)
+    bi = tl.load(bufi_ptr + o)
+    tr = tl.load(tw_ptr + p * M + mc)
+    ti = tl.load(tw_ptr + P * M + p * M + mc)
+    cr = br * tr + bi * ti
+    ci = bi * tr - br * ti
+    fr, fi = _load_mat(fp_ptr, P, P, P * P)
+    y = tl.dot(fr, cr, input_precision=PREC) + tl.dot(fi, ci, input_precision=PREC)
+    t = p * M + mc - out_off
+    msk = (t >= 0) & (t < L)
+    base = row.to(tl.int64) * L
+    if HAS_OMUL:
+        y = y * tl.load(omul_ptr + base + t, mask=msk, other=0.0).to(tl.float32)
+    tl.store(out_ptr + base + t, y.to(out_ptr.dtype.element_ty), mask=msk)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+def _prec(device) -> str:
+    return "tf32x3" if device.type == "cuda" else "ieee"
+
+
+def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched):
+    """out = omul * window(irfft(rfft(frame(x * xmul, in_off)) * spec), out_off); x: [B, H, L]."""
+    B, H, L = x.shape
+    dev = x.device
+    x = x.contiguous()
+    xmul = xmul.contiguous() if xmul is not None else None
+    omul = omul.contiguous() if omul is not None else None
+    out = torch.empty(B, H, L, dtype=out_dtype, device=dev)
+    if dev.type == "cpu":  # interpreter runs (tests): poison, every element must be written
+        out.fill_(float("nan"))
+    prec = _prec(dev)
+    N = pl["N"]
+    spec_bstride = H * 2 * N if spec_batched else 0
+    rows = B * H
+    if pl["fused"]:
+        N1, N2 = pl["N1"], pl["N2"]
+        _fft_conv_fwd_kernel[(rows,)](
+            x, xmul if xmul is not None else x, spec, out, omul if omul is not None else x,
+            _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, N, dev),
+            H, L, in_off, out_off, spec_bstride, N1=N1, N2=N2, HAS_XMUL=xmul is not None,
+            HAS_OMUL=omul is not None, PREC=prec, num_warps=8 if N >= 4096 else 4)
+        return out
+    P, M, N1, N2 = pl["P"], pl["M"], pl["N1"], pl["N2"]
+    BM = 64 if P <= 64 else 32
+    fp, two = _dft(P, dev), _twiddle(P, M, N, dev)
+    f1, f2, twi = _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, M, dev)
+    chunk = max(1, min(rows, SCRATCH_BYTES // (8 * N)))
+    xf, of = x.view(rows, L), out.view(rows, L)
+    xm = xmul.view(rows, L) if xmul is not None else None
+    om = omul.view(rows, L) if omul is not None else None
+    bufr = torch.empty(chunk, P, M, dtype=torch.float32, device=dev)
+    bufi = torch.empty_like(bufr)
+    for r0 in range(0, rows, chunk):
+        r1 = min(rows, r0 + chunk)
+        n = r1 - r0
+        xs = xf[r0:r1]
+        _fft_conv_outer_fwd_kernel[(n, M // BM)](
+            xs, xm[r0:r1] if xm is not None else xs, bufr, bufi, fp, two, L, in_off,
+            P=P, M=M, BM=BM, HAS_XMUL=xm is not None, PREC=prec, num_warps=4)
+        _fft_conv_inner_kernel[(n, P)](
+            bufr, bufi, spec, f1, f2, twi, H, r0, spec_bstride, P=P, N1=N1, N2=N2, PREC=prec,
+            num_warps=8 if M >= 4096 else 4)
+        os_ = of[r0:r1]
+        _fft_conv_outer_inv_kernel[(n, M // BM)](
+            bufr, bufi, os_, om[r0:r1] if om is not None else os_, fp, two, L, out_off,
+            P=P, M=M, BM=BM, HAS_OMUL=om is not None, PREC=prec, num_warps=4)
+    return out
+
+
+def fft_conv_fwd(u, k, bias, gate, causal):
+    L = u.shape[-1]
+    pl = plan(L)
+    offset = 0 if causal else L - 1
+    spec = filter_spectrum(k, bias, offset, pl)
+    return _pipeline(u, None, spec, gate, 0, offset, pl, u.dtype, k.dim() == 3)
+
+
+def fft_conv_bwd(dy, u, k, bias, gate, causal, needs):
+    """Gradients: du and dgate by the Triton pipeline; dk and dbias (spectral cross-correlation of
+    dz and u, summed over the batch) through torch.fft."""
+    need_u, need_k, need_bias, need_gate = needs
+    L = u.shape[-1]
+    pl = plan(L)
+    offset = 0 if causal else L - 1
+    dy = dy.contiguous()
+    du = dgate = dk = dbias = None
+    if need_u or need_gate:
+        spec = filter_spectrum(k, bias, offset, pl)
+        if need_u:
+            cspec = spec.clone()
+            cspec[:, 1].neg_()  # correlation with k == convolution with conj(spectrum)
+            du = _pipeline(dy, gate, cspec, None, offset, 0, pl, u.dtype, k.dim() == 3)
+        if need_gate:
+            dgate = _pipeline(u, None, spec, dy, 0, offset, pl, gate.dtype, k.dim() == 3)
+    if need_k or need_bias:
+        from omicskern.ops.fftconv.interface import _torch_bwd
+
+        _, dk, dbias, _ = _torch_bwd(dy, u, k, bias, gate, causal, (False, need_k, need_bias, False))
+    return du, dk, dbias, dgate
