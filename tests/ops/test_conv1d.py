@@ -67,6 +67,44 @@ def test_torch_backend(B, C, L, K, dtype, activation):
     _check_backend("torch", B, C, L, K, dtype, activation)
 
 
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("B,C,L,K,dtype", CASES)
+def test_triton_backend(B, C, L, K, dtype, activation):
+    """Interpreter on CPU (CUDA when present)."""
+    _check_backend("triton", B, C, L, K, dtype, activation)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_triton_multi_block_no_bias(bias):
+    """L > one block (1024) so the blockwise partial sums and the dx halo across blocks matter."""
+    x, w, b = make(1, 2, 2500, 4, F32, seed=9, requires_grad=True)
+    b = b if bias else None
+    y = causal_conv1d(x, w, b, activation="silu", backend="triton")
+    ref = causal_conv1d_ref(x, w, b, "silu")
+    torch.testing.assert_close(y.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    params = (x, w, b) if bias else (x, w)
+    got = torch.autograd.grad(y.sum(), params)
+    want = torch.autograd.grad(ref.sum(), params)
+    for gt, wt in zip(got, want):
+        torch.testing.assert_close(gt.double(), wt.double(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_triton_gpu_bf16(activation):
+    x, w, b = (t.cuda() for t in make(8, 1536, 8192, 4, BF16))
+    y = causal_conv1d(x, w, b, activation=activation, backend="triton")
+    torch.testing.assert_close(y.double(), causal_conv1d_ref(x, w, b, activation), atol=1.6e-2, rtol=1.6e-2)
+
+
+def test_default_backend_on_cpu_is_torch(monkeypatch):
+    from omicskern.ops.conv1d import interface
+
+    monkeypatch.setattr(interface, "_torch_impl", lambda *a: "torch")
+    x, w, _ = make(1, 2, 5, 3, F32)
+    assert causal_conv1d(x, w) == "torch"
+
+
 def test_no_bias():
     x, w, _ = make(2, 4, 20, 3, F32)
     torch.testing.assert_close(causal_conv1d(x, w, backend="torch").double(),

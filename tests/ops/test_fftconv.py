@@ -159,3 +159,79 @@ def test_bad_inputs(args, match):
 def test_bad_dtype():
     with pytest.raises(TypeError, match="dtype"):
         fft_conv(torch.ones(1, 2, 8, dtype=torch.int64), torch.randn(2, 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton backend (interpreter on CPU: small L; GPU-marked: large L in bf16)
+# ------------------------------------------------------------------------------------------------
+def _check_triton(B, H, L, dtype, causal, k_batched=False, seed=0, device="cpu"):
+    u, k, b, g = make_inputs(B, H, L, dtype, causal=causal, k_batched=k_batched, seed=seed)
+    u, k, b, g = (t.to(device).requires_grad_(True) for t in (u, k, b, g))
+    y = fft_conv(u, k, b, gate=g, causal=causal, backend="triton")
+    assert y.dtype == dtype and y.shape == (B, H, L)
+    ref = fft_conv_ref(u, k, b, g, causal)
+    assert_close_scaled(y, ref, dtype, "y")
+    dy = torch.randn(B, H, L, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(device)
+    got = torch.autograd.grad(y, (u, k, b, g), dy)
+    want = torch.autograd.grad(ref, (u, k, b, g), dy.double())
+    for name, x, r, t in zip("u k bias gate".split(), got, want, (u, k, b, g)):
+        assert x.dtype == t.dtype and x.shape == t.shape, name
+        assert_close_scaled(x, r, dtype, f"d{name}")
+
+
+TRITON_CASES = [
+    pytest.param(2, 3, 1, F32, True, False, id="B2-H3-L1-fp32-causal"),
+    pytest.param(2, 3, 3, F32, False, False, id="B2-H3-L3-fp32-twosided"),
+    pytest.param(2, 3, 17, F32, True, True, id="B2-H3-L17-fp32-causal-kBH"),
+    pytest.param(2, 3, 113, F32, False, False, id="B2-H3-L113-fp32-twosided"),
+    pytest.param(2, 3, 113, F16, True, False, id="B2-H3-L113-fp16-causal"),
+    pytest.param(1, 2, 113, BF16, True, False, id="B1-H2-L113-bf16-causal"),
+    pytest.param(1, 2, 1000, F32, True, False, id="B1-H2-L1000-fp32-causal"),
+]
+
+
+@pytest.mark.parametrize("B,H,L,dtype,causal,k_batched", TRITON_CASES)
+def test_triton_fused(B, H, L, dtype, causal, k_batched):
+    _check_triton(B, H, L, dtype, causal, k_batched, seed=L)
+
+
+@pytest.mark.parametrize("L,causal", [pytest.param(300, False, id="L300-twosided"),
+                                      pytest.param(1000, True, id="L1000-causal")])
+def test_triton_four_step(monkeypatch, L, causal):
+    """The large-N path (outer P-point DFT + inner two-level FFT), forced at small N."""
+    from omicskern.ops.fftconv import triton as tk
+
+    monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
+    assert not tk.plan(L)["fused"]
+    _check_triton(1, 2, L, F32, causal, seed=L)
+
+
+def test_triton_plan():
+    from omicskern.ops.fftconv import triton as tk
+
+    for L in (1, 128, 129, 4096, 4097, 1 << 15, 1 << 20):
+        pl = tk.plan(L)
+        assert pl["N"] >= 2 * L - 1 and pl["N1"] * pl["N2"] * (1 if pl["fused"] else pl["P"]) == pl["N"]
+        assert min(pl["N1"], pl["N2"], pl.get("P", 16)) >= 16
+    assert tk.unsupported_reason((1 << 20) + 1, True) is not None
+
+
+def test_default_backend_on_cpu_is_torch(monkeypatch):
+    from omicskern.ops.fftconv import interface
+
+    calls = []
+    monkeypatch.setattr(interface.FftConvTorchFn, "apply", lambda *a: calls.append(1) or a[0])
+    u, k, _, _ = make_inputs(1, 2, 8, F32)
+    fft_conv(u, k)
+    assert calls == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,H,L,causal", [
+    pytest.param(4, 64, 4096, True, id="B4-H64-L4096-causal"),
+    pytest.param(2, 32, 4097, True, id="B2-H32-L4097-causal"),
+    pytest.param(2, 16, 32768, False, id="B2-H16-L32768-twosided"),
+    pytest.param(1, 4, 1 << 20, True, id="B1-H4-L1M-causal"),
+])
+def test_triton_gpu_bf16(B, H, L, causal):
+    _check_triton(B, H, L, BF16, causal, seed=3, device="cuda")
