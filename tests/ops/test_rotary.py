@@ -108,9 +108,15 @@ def test_triton_opcheck_and_compile():
     cu = torch.tensor([0, 3, 20], dtype=torch.int32, device=DEV)
     offs = torch.zeros(2, dtype=torch.int32, device=DEV)
     torch.library.opcheck(rotary, (x.requires_grad_(True), cos, sin, cu, offs, 17, False, False))
-    f = torch.compile(lambda t: apply_rotary(t, cos, sin, cu_seqlens=cu, backend="triton"),
-                      fullgraph=False, backend="aot_eager")
-    assert torch.equal(f(x.detach()), apply_rotary(x.detach(), cos, sin, cu_seqlens=cu, backend="triton"))
+    xb = torch.randn(2, 10, 2, 16, device=DEV, requires_grad=True)
+    f = torch.compile(lambda t: apply_rotary(t, cos, sin, interleaved=True, backend="triton"),
+                      fullgraph=True, backend="aot_eager")
+    out = f(xb)
+    out.sum().backward()
+    xe = xb.detach().clone().requires_grad_(True)
+    ref = apply_rotary(xe, cos, sin, interleaved=True, backend="triton")
+    ref.sum().backward()
+    assert torch.equal(out, ref) and torch.equal(xb.grad, xe.grad)
 
 
 @needs_triton
