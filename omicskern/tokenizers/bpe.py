@@ -1,0 +1,241 @@
+"""BPETokenizer: Hugging Face ``tokenizer.json`` BPE (DNABERT-2 and alike) with HF-exact ids, in C++.
+
+Loading a ``tokenizer.json`` gives exactly the ids ``tokenizers.Tokenizer`` gives for the same file,
+for every input (lower case, N, whitespace, punctuation, literal special tokens, non-ASCII), while
+running the merges in linear time (a bucket queue over merge ranks) and in parallel over sequences.
+``BPETokenizer.train`` learns a vocabulary from strings or FASTA files, as DNABERT-2 did with HF's
+``BpeTrainer`` (same merges on the same corpus), and writes a ``tokenizer.json`` that HF loads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from omicskern._native import load_C
+from omicskern.tokenizers.base import SequenceTokenizer
+from omicskern.tokenizers.hf_json import BpeSpec, build_tokenizer_json, parse_tokenizer_json
+
+__all__ = ["BPETokenizer"]
+
+_FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".fa.gz", ".fasta.gz", ".fna.gz", ".fas.gz")
+_ALGOS = {"auto": 0, "heap": 1, "bucket": 2}
+
+
+def _read_fasta(path: str | os.PathLike, uppercase: bool, chunk_length: int | None) -> Iterator[str]:
+    """Records of a plain, gzip or bgzip FASTA file (BGZF is gzip-compatible), optionally cut."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FASTA file not found: {path}")
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    parts: list[str] = []
+
+    def emit() -> Iterator[str]:
+        seq = "".join(parts)
+        parts.clear()
+        if uppercase:
+            seq = seq.upper()
+        if not seq:
+            return
+        if chunk_length:
+            for i in range(0, len(seq), chunk_length):
+                yield seq[i:i + chunk_length]
+        else:
+            yield seq
+
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(">"):
+                yield from emit()
+            else:
+                parts.append(line.strip())
+    yield from emit()
+
+
+def _is_fasta_path(x: object) -> bool:
+    if isinstance(x, os.PathLike):
+        return True
+    return isinstance(x, str) and x.lower().endswith(_FASTA_SUFFIXES) and os.path.isfile(x)
+
+
+class BPETokenizer(SequenceTokenizer):
+    """Byte-pair-encoding tokenizer over a Hugging Face ``tokenizer.json`` (e.g. DNABERT-2's).
+
+    ``encode(seq)`` -> int32 [L]; ``encode_batch(seqs)`` -> padded int32 [N, L] + mask, or ragged
+    (``padding=False``). Ids equal HF ``tokenizers``' for the same file, special tokens of the
+    ``TemplateProcessing`` post-processor included (``add_special_tokens``).
+
+    Args:
+        spec: a parsed tokenizer.json (use :meth:`from_file`, :meth:`from_json_str`, :meth:`train`).
+        uppercase: opt-in: upper-case ASCII a-z before tokenizing (soft-masked bases -> their
+            upper-case tokens instead of HF's [UNK] for a vocabulary without lower-case letters).
+        pad_token: token used for padding (default: [PAD] when the vocabulary has it, else id 0).
+
+    Example:
+        >>> tok = BPETokenizer.from_file("tokenizer.json")
+        >>> tok.encode("ACGTAGCATCGGATCTATCTATCGAC")   # [CLS] ... [SEP]
+    """
+
+    def __init__(self, spec: BpeSpec, *, uppercase: bool = False, pad_token: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(spec, BpeSpec):
+            raise TypeError("BPETokenizer(spec) takes a parsed tokenizer.json; use BPETokenizer.from_file(path), "
+                            "from_json_str(text) or train(...)")
+        self._spec = spec
+        self._model = load_C().BpeModel(**spec.model_args)
+        self.uppercase = bool(uppercase)
+        self.prefix_ids = spec.prefix_ids
+        self.suffix_ids = spec.suffix_ids
+        self.special_ids = spec.special_ids
+        if pad_token is not None:
+            if pad_token not in spec.vocab:
+                raise ValueError(f"pad_token {pad_token!r} is not in the vocabulary")
+            self.pad_token_id = spec.vocab[pad_token]
+        else:
+            pad = (spec.data.get("padding") or {}).get("pad_id")
+            self.pad_token_id = spec.vocab.get("[PAD]", pad if isinstance(pad, int) else 0)
+        self.algorithm = "auto"  # "heap" / "bucket": force one merge engine (testing)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_json_str(cls, text: str | bytes, **kwargs) -> "BPETokenizer":
+        """Tokenizer from the text of a tokenizer.json."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise TypeError(f"from_json_str expects str or bytes, got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"invalid tokenizer.json: {e}") from None
+        return cls(parse_tokenizer_json(data), **kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **kwargs) -> "BPETokenizer":
+        """Tokenizer from a tokenizer.json file (or a directory holding one).
+
+        Example:
+            >>> tok = BPETokenizer.from_file("DNABERT-2-117M/tokenizer.json", uppercase=True)
+        """
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer.json not found: {p}")
+        try:
+            return cls.from_json_str(p.read_text(encoding="utf-8"), **kwargs)
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
+
+    def to_json_str(self, indent: int | None = 2) -> str:
+        return json.dumps(self._spec.data, indent=indent, ensure_ascii=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the tokenizer.json (``tokenizers.Tokenizer.from_file`` loads it)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        p.write_text(self.to_json_str(), encoding="utf-8")
+
+    @classmethod
+    def train(cls, sequences_or_fasta_paths: Iterable[str | bytes | os.PathLike] | str | os.PathLike, *,
+              vocab_size: int = 4096,
+              special_tokens: Sequence[str] = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"),
+              unk_token: str | None = "[UNK]", cls_token: str | None = "[CLS]", sep_token: str | None = "[SEP]",
+              pre_tokenizer: str = "whitespace", min_frequency: int = 0, initial_alphabet: str = "",
+              limit_alphabet: int | None = None, uppercase_corpus: bool = True, chunk_length: int | None = None,
+              **kwargs) -> "BPETokenizer":
+        """Learns a BPE vocabulary (C++, as HF's ``BpeTrainer``; DNABERT-2 used 4096 tokens).
+
+        Args:
+            sequences_or_fasta_paths: sequences (str/bytes), FASTA paths (``Path`` objects, or str
+                ending in .fa/.fasta/.fna[.gz] naming an existing file; plain, gzip or bgzip), or one path.
+            vocab_size: final vocabulary size, special tokens and alphabet included.
+            special_tokens: ids 0.. in this order; ``unk_token``/``cls_token``/``sep_token`` must be
+                among them (or None): the file gets ``unk_token`` and a ``cls $A sep`` template.
+            pre_tokenizer: "whitespace" (DNABERT-2), "whitespace_split" or "none".
+            min_frequency: stop when the best pair occurs fewer times.
+            uppercase_corpus: upper-case the corpus first (soft-masked genomes).
+            chunk_length: cut FASTA records into pieces of this many bases (None: whole records).
+
+        Merge order: highest pair count first (overlapping occurrences counted, as HF does); ties
+        go to the smallest (left id, right id). Ids: specials, then characters by code point, then
+        merges. The same corpus gives the same merges as HF ``BpeTrainer``.
+
+        Example:
+            >>> tok = BPETokenizer.train(["ACGTTGCA" * 100], vocab_size=64)
+            >>> tok.save("tokenizer.json")
+        """
+        if isinstance(sequences_or_fasta_paths, (str, os.PathLike)) and _is_fasta_path(sequences_or_fasta_paths):
+            sequences_or_fasta_paths = [sequences_or_fasta_paths]
+        if isinstance(sequences_or_fasta_paths, (str, bytes, bytearray)):
+            raise TypeError("train expects a list of sequences or FASTA paths, not a single sequence")
+        if not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        specials = list(special_tokens)
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special_tokens has duplicates: {specials}")
+        for name, tok in (("unk_token", unk_token), ("cls_token", cls_token), ("sep_token", sep_token)):
+            if tok is not None and tok not in specials:
+                raise ValueError(f"{name} {tok!r} is not among special_tokens {specials}")
+        corpus: list[str | bytes] = []
+        for i, item in enumerate(sequences_or_fasta_paths):
+            if _is_fasta_path(item):
+                corpus.extend(_read_fasta(item, uppercase_corpus, chunk_length))
+            elif isinstance(item, (str, bytes, bytearray)):
+                if uppercase_corpus:
+                    item = item.upper()
+                corpus.append(bytes(item) if isinstance(item, bytearray) else item)
+            else:
+                raise TypeError(f"training item {i}: expected a sequence (str/bytes) or a FASTA path, got "
+                                f"{type(item).__name__}")
+        vocab, merges = load_C().bpe_train(corpus, vocab_size, specials, int(min_frequency), pre_tokenizer,
+                                           initial_alphabet, -1 if limit_alphabet is None else int(limit_alphabet))
+        data = build_tokenizer_json(vocab, merges, specials, unk_token=unk_token, pre_tokenizer=pre_tokenizer,
+                                    template=(cls_token, sep_token))
+        return cls(parse_tokenizer_json(data), **kwargs)
+
+    # -- SequenceTokenizer ----------------------------------------------------------------------
+    def _encode_raw(self, seqs: list, num_threads: int, return_soft_mask: bool):
+        return self._model.encode(seqs, num_threads, return_soft_mask, self.uppercase, _ALGOS[self.algorithm])
+
+    def _decode_ids(self, ids: np.ndarray) -> str:
+        """Concatenates the tokens (continuing-subword prefix / end-of-word suffix removed)."""
+        table = self._spec.id_to_token
+        pre, suf = self._spec.continuing_subword_prefix, self._spec.end_of_word_suffix
+        out = []
+        for i in ids.tolist():
+            t = table[i]
+            if pre and t.startswith(pre):
+                t = t[len(pre):]
+            if suf and t.endswith(suf):
+                t = t[:-len(suf)]
+            out.append(t)
+        return "".join(out)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._spec.id_to_token)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._spec.vocab)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._spec.vocab.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        return self._spec.id_to_token[i]
+
+    @property
+    def monotone_merges(self) -> bool:
+        """True when the merge table allows the linear bucket-queue engine (any trained BPE)."""
+        return bool(self._model.monotone)
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self._spec.model_args['merge_a'])}, "
+                f"uppercase={self.uppercase}, special={sorted(self.special_ids)})")
