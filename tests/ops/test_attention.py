@@ -425,3 +425,20 @@ def test_gpu_fp32_triton_matches_reference():
 
 
 assert "TRITON_INTERPRET" in os.environ or HAS_CUDA or not TRITON_OK
+
+
+@needs_triton
+@pytest.mark.skipif(HAS_CUDA, reason="interpreter-only: runs the GPU block table through the interpreter")
+@pytest.mark.parametrize("D,lens", [(32, [1, 130, 257]), (200, [1, 70])], ids=["D32", "D200pad"])
+def test_triton_gpu_block_config_in_interpreter(monkeypatch, D, lens):
+    """The GPU launch table (BLOCK_M 128 / BLOCK_N 64 forward, so several key blocks per query
+    block and a split between unmasked and masked blocks) checked on CPU."""
+    from omicskern.ops.attention import triton as tri
+
+    fwd, bwd = tri._fwd_config, tri._bwd_config
+    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret: fwd(d, False))
+    monkeypatch.setattr(tri, "_bwd_config", lambda d, interpret: bwd(d, False))
+    q, k, v, kw = make_inputs(lens=lens, H=2, Hk=1, D=D)
+    check_against_reference(q, k, v, kw, backend="triton", causal=True, alibi=True, dtype=torch.float32)
+    q, k, v, kw = make_inputs(B=1, L=max(lens) - 1, H=1, D=D, dtype=torch.float16)
+    check_against_reference(q, k, v, kw, backend="triton", causal=False, alibi=True, dtype=torch.float16)

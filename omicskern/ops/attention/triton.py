@@ -31,14 +31,68 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
+def _attention_fwd_inner(acc, l_i, m_i, q, K, V, seq_start, kvh, stride_kt, stride_kh, stride_vt,
+                         stride_vh, offs_m, offs_d, d_ok, L, lo, hi, qk_scale, slope,
+                         BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+                         CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+    """Online-softmax accumulation over key blocks [lo, hi). MASKED=False is the fast path for
+    blocks known to be entirely valid (inside the sequence and, if causal, below the diagonal)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_rows = seq_start + cols
+        k_ptrs = K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
+        v_ptrs = V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
+        if MASKED:
+            kv_mask = (cols < L)[:, None] & d_ok[None, :]
+            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        elif EVEN_D:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale
+        if HAS_ALIBI:
+            s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
+        if MASKED:
+            keep = (cols < L)[None, :]
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None])
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        elif EVEN_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                          stride_ot, stride_oh, stride_lh,
-                          qk_scale, seqlen_bucket,
+                          stride_ot, stride_oh, stride_lh, qk_scale,
                           N_REP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                           HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
-    start_m = tl.program_id(0)
+    # Causal: the last query blocks carry the most work, so they are launched first.
+    if CAUSAL:
+        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        start_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     seq_start = tl.load(CU + b).to(tl.int64)
@@ -47,52 +101,35 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
         return
     kvh = h // N_REP
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < L
     rows = seq_start + offs_m
     q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    slope = 0.0
     if HAS_ALIBI:
         slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Key blocks [0, full_hi) need no mask: inside the sequence and, when causal, left of this
+    # query block (BLOCK_M is a multiple of BLOCK_N). The rest, [full_hi, hi), is masked.
     hi = L
+    full_hi = (L // BLOCK_N) * BLOCK_N
     if CAUSAL:
         hi = tl.minimum(L, (start_m + 1) * BLOCK_M)
-    # Every valid row has key 0 in the first block, so m_i is finite from then on and exp2 never
-    # sees (-inf) - (-inf).
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        n_ok = cols < L
-        kv_rows = seq_start + cols
-        k = tl.load(K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale
-        if HAS_ALIBI:
-            s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
-        keep = n_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= offs_m[:, None])
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        full_hi = tl.minimum(full_hi, start_m * BLOCK_M)
+    # Every valid row sees key 0 in the first block visited, so m_i is finite from then on and
+    # exp2 never computes (-inf) - (-inf) for a stored row.
+    acc, l_i, m_i = _attention_fwd_inner(
+        acc, l_i, m_i, q, K, V, seq_start, kvh, stride_kt, stride_kh, stride_vt, stride_vh,
+        offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope, BLOCK_N=BLOCK_N,
+        EVEN_D=HEAD_DIM == BLOCK_D, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+    acc, l_i, m_i = _attention_fwd_inner(
+        acc, l_i, m_i, q, K, V, seq_start, kvh, stride_kt, stride_kh, stride_vt, stride_vh,
+        offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope, BLOCK_N=BLOCK_N,
+        EVEN_D=HEAD_DIM == BLOCK_D, MASKED=True, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     out = acc / l_i[:, None]
     tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -298,8 +335,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0),
-        softmax_scale * LOG2E, triton.next_power_of_2(max_seqlen),
+        out.stride(0), out.stride(1), lse.stride(0), softmax_scale * LOG2E,
         N_REP=H // k.shape[1], HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
         HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, **cfg)
     return out, lse
