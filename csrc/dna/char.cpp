@@ -20,7 +20,9 @@ py::tuple finish(Buffer<int32_t>& ids, std::vector<int64_t>&& offsets, Buffer<ui
 // lut[b]: token id of byte b, or < 0 for a byte that is an error. Any boundary is safe, so long
 // sequences are cut every `chunk` bytes.
 py::tuple char_encode(const py::object& seqs, py::array_t<int32_t, py::array::c_style | py::array::forcecast> lut,
-                      const std::string& allowed, bool want_soft, int threads, int64_t chunk) {
+                      const std::string& allowed, bool want_soft, int threads, int64_t chunk,
+                      const std::vector<int32_t>& prefix, const std::vector<int32_t>& suffix) {
+    const Specials sp{prefix, suffix};
     if (lut.ndim() != 1 || lut.size() != 256) throw py::value_error("lut must have 256 entries");
     std::vector<SeqView> views = seq_views(seqs);
     std::vector<int32_t> table(lut.data(), lut.data() + 256);
@@ -35,7 +37,7 @@ py::tuple char_encode(const py::object& seqs, py::array_t<int32_t, py::array::c_
     }
     const int32_t* t = table.data();
     return run_tasks(
-        tasks, static_cast<int64_t>(views.size()), want_soft, threads,
+        tasks, static_cast<int64_t>(views.size()), want_soft, threads, sp,
         [](const Task& task) { return task.end - task.begin; },
         [&](const Task& task, int32_t* out, uint8_t* sm) {
             const unsigned char* s = reinterpret_cast<const unsigned char*>(views[task.seq].data);

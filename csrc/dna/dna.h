@@ -88,12 +88,19 @@ std::vector<Task> make_tasks(const std::vector<SeqView>& views, int64_t chunk, A
 // Ragged result of an encoder: ids, per-sequence offsets, optional soft mask.
 py::tuple finish(Buffer<int32_t>& ids, std::vector<int64_t>&& offsets, Buffer<uint8_t>* soft);
 
+// Special tokens written around every sequence by the encoders themselves (one output pass
+// instead of encoding, then copying into a larger array).
+struct Specials {
+    std::vector<int32_t> prefix, suffix;
+};
+
 // Runs count + write over tasks. Counter: int64_t(const Task&). Writer: void(const Task&,
 // int32_t* out, uint8_t* soft_or_null). Returns (ids, offsets, soft|None). GIL released inside.
 template <class Counter, class Writer>
 py::tuple run_tasks(const std::vector<Task>& tasks, int64_t n_seqs, bool want_soft, int threads,
-                    Counter&& count, Writer&& write) {
+                    const Specials& sp, Counter&& count, Writer&& write) {
     const int64_t nt = static_cast<int64_t>(tasks.size());
+    const int64_t p = static_cast<int64_t>(sp.prefix.size()), s = static_cast<int64_t>(sp.suffix.size());
     std::vector<int64_t> task_off(static_cast<size_t>(nt + 1), 0);
     std::vector<int64_t> offsets(static_cast<size_t>(n_seqs + 1), 0);
     std::unique_ptr<Buffer<int32_t>> ids;
@@ -107,13 +114,34 @@ py::tuple run_tasks(const std::vector<Task>& tasks, int64_t n_seqs, bool want_so
         const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(256, (64 << 10) / avg));
         std::vector<int64_t> counts(static_cast<size_t>(nt));
         parallel_for(nt, threads, [&](int64_t t) { counts[t] = count(tasks[t]); }, grain);
-        for (int64_t t = 0; t < nt; ++t) task_off[t + 1] = task_off[t] + counts[t];
-        // Sequence offsets: tasks of one sequence are contiguous and every sequence has one.
-        for (int64_t t = 0; t < nt; ++t) offsets[tasks[t].seq + 1] = task_off[t + 1];
-        ids.reset(new Buffer<int32_t>(task_off[nt]));
-        if (want_soft) soft.reset(new Buffer<uint8_t>(task_off[nt]));
+        // Tasks of one sequence are contiguous and every sequence has at least one.
+        int64_t pos = 0;
+        for (int64_t t = 0; t < nt; ++t) {
+            const bool first = t == 0 || tasks[t - 1].seq != tasks[t].seq;
+            const bool last = t + 1 == nt || tasks[t + 1].seq != tasks[t].seq;
+            if (first) pos += p;
+            task_off[t] = pos;
+            pos += counts[t];
+            if (last) {
+                pos += s;
+                offsets[tasks[t].seq + 1] = pos;
+            }
+        }
+        task_off[nt] = pos;
+        ids.reset(new Buffer<int32_t>(pos));
+        if (want_soft) soft.reset(new Buffer<uint8_t>(pos));
         int32_t* out = ids->data;
         uint8_t* sm = want_soft ? soft->data : nullptr;
+        if (p || s) {
+            for (int64_t i = 0; i < n_seqs; ++i) {
+                std::copy(sp.prefix.begin(), sp.prefix.end(), out + offsets[i]);
+                std::copy(sp.suffix.begin(), sp.suffix.end(), out + offsets[i + 1] - s);
+                if (sm) {
+                    std::fill(sm + offsets[i], sm + offsets[i] + p, uint8_t(0));
+                    std::fill(sm + offsets[i + 1] - s, sm + offsets[i + 1], uint8_t(0));
+                }
+            }
+        }
         parallel_for(nt, threads, [&](int64_t t) {
             write(tasks[t], out + task_off[t], sm ? sm + task_off[t] : nullptr);
         }, grain);

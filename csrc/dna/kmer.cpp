@@ -168,7 +168,9 @@ void overlap_write(const unsigned char* s, int64_t wb, int64_t we, const uint8_t
 py::tuple kmer_encode(const py::object& seqs, int k, bool overlap,
                       py::array_t<uint8_t, py::array::c_style | py::array::forcecast> cls_lut, int32_t kmer_base,
                       int32_t single_base, int32_t n_id, int32_t unk_id, const std::string& allowed, bool want_soft,
-                      int threads, int64_t chunk) {
+                      int threads, int64_t chunk, const std::vector<int32_t>& prefix,
+                      const std::vector<int32_t>& suffix) {
+    const Specials sp{prefix, suffix};
     if (k < 3 || k > 8) throw py::value_error("k must be between 3 and 8, got " + std::to_string(k));
     if (cls_lut.ndim() != 1 || cls_lut.size() != 256) throw py::value_error("cls_lut must have 256 entries");
     for (int b = 0; b < 256; ++b)
@@ -194,14 +196,14 @@ py::tuple kmer_encode(const py::object& seqs, int k, bool overlap,
     if (!overlap) {
         NtWriter writer = pick_nt_writer(k, want_soft);
         return run_tasks(
-            tasks, n_seqs, want_soft, threads,
+            tasks, n_seqs, want_soft, threads, sp,
             [&](const Task& t) { return nt_count(bytes(t.seq), t.begin, t.end, cls, k, t.seq, allowed); },
             [&](const Task& t, int32_t* out, uint8_t* sm) { writer(bytes(t.seq), t.begin, t.end, cls, ids, out, sm); });
     }
     // Overlapping: a task owns the bytes [begin, end) (it validates them) and the windows starting
     // there; windows read up to k-1 bytes into the next task, whose own pass reports bad bytes.
     return run_tasks(
-        tasks, n_seqs, want_soft, threads,
+        tasks, n_seqs, want_soft, threads, sp,
         [&](const Task& t) -> int64_t {
             const unsigned char* s = bytes(t.seq);
             uint8_t any = 0;

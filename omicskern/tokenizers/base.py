@@ -76,7 +76,7 @@ class RaggedBatch:
         soft = None
         if self.soft_mask is not None:
             soft, _ = C.ragged_pad(self.soft_mask.view(np.uint8), self.offsets, np.uint8(0), n_len, left, num_threads)
-            soft = soft.view(bool)
+            soft = _as_bool(soft)
         return PaddedBatch(ids, mask, soft)
 
 
@@ -103,6 +103,12 @@ class PaddedBatch:
 
     def keys(self):
         return [k for k in ("input_ids", "attention_mask", "soft_mask") if getattr(self, k) is not None]
+
+
+def _as_bool(a: np.ndarray) -> np.ndarray:
+    # _C.ragged_pad/ragged_finalize resolve their first (int32) overload for a uint8 array too
+    # (pybind11 forcecast), so a 0/1 mask may come back as int32: a bool view would be garbage.
+    return a.view(bool) if a.dtype.itemsize == 1 else a.astype(bool)
 
 
 def _check_side(side: str, what: str) -> bool:
@@ -165,6 +171,11 @@ class SequenceTokenizer(ABC):
     def _encode_raw(self, seqs: list, num_threads: int, return_soft_mask: bool
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), no specials."""
+
+    #: Optional: ``(seqs, num_threads, return_soft_mask, prefix, suffix) -> (ids, offsets, soft_mask)``
+    #: like ``_encode_raw`` with ``prefix``/``suffix`` ids already around every sequence. Used
+    #: instead of ``_encode_raw`` + ``ragged_finalize`` when there is no truncation.
+    _encode_with_specials = None
 
     @abstractmethod
     def _decode_ids(self, ids: np.ndarray) -> str:
@@ -230,17 +241,21 @@ class SequenceTokenizer(ABC):
         keep_end = _check_side(truncation_side or self.truncation_side, "truncation_side")
         left_pad = padding_side or self.padding_side
 
-        ids, offsets, soft = self._encode_raw(seqs, threads, return_soft_mask)
         prefix = list(self.prefix_ids) if add else []
         suffix = list(self.suffix_ids) if add else []
         limit = max_length if (truncation and max_length is not None) else -1
-        if prefix or suffix or limit >= 0:
+        fused = limit < 0 and self._encode_with_specials is not None
+        if fused:  # the encoder writes the special tokens itself: no second pass over the ids
+            ids, offsets, soft = self._encode_with_specials(seqs, threads, return_soft_mask, prefix, suffix)
+        else:
+            ids, offsets, soft = self._encode_raw(seqs, threads, return_soft_mask)
+        if not fused and (prefix or suffix or limit >= 0):
             new_ids, new_offsets = C.ragged_finalize(ids, offsets, prefix, suffix, limit, keep_end, threads)
             if soft is not None:
                 soft, _ = C.ragged_finalize(soft, offsets, [0] * len(prefix), [0] * len(suffix), limit,
                                             keep_end, threads)
             ids, offsets = new_ids, new_offsets
-        ragged = RaggedBatch(ids, offsets, None if soft is None else soft.view(bool))
+        ragged = RaggedBatch(ids, offsets, None if soft is None else _as_bool(soft))
         if padding is False:
             return ragged
         length = max_length if padding == "max_length" else None
