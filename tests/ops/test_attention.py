@@ -442,3 +442,44 @@ def test_triton_gpu_block_config_in_interpreter(monkeypatch, D, lens):
     check_against_reference(q, k, v, kw, backend="triton", causal=True, alibi=True, dtype=torch.float32)
     q, k, v, kw = make_inputs(B=1, L=max(lens) - 1, H=1, D=D, dtype=torch.float16)
     check_against_reference(q, k, v, kw, backend="triton", causal=False, alibi=True, dtype=torch.float16)
+
+
+def test_flash_adapter_argument_mapping(monkeypatch):
+    """flash-attn cannot be installed here: a stand-in module with flash-attn's signatures, computing
+    with the reference, checks the adapter's argument mapping, head-dim padding and unpad/pad."""
+    import sys
+    import types
+
+    from omicskern.ops.attention.flash import attention_flash
+
+    calls = []
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                        softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+        calls.append(("dense", q.shape[-1]))
+        assert q.shape[-1] % 8 == 0
+        assert alibi_slopes is None or alibi_slopes.dtype == torch.float32
+        return attention_ref(q, k, v, causal=causal, alibi_slopes=alibi_slopes, softmax_scale=softmax_scale)
+
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                               alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None):
+        calls.append(("varlen", q.shape[-1]))
+        assert cu_seqlens_q.dtype == torch.int32 and torch.equal(cu_seqlens_q, cu_seqlens_k)
+        lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+        assert max_seqlen_q == max_seqlen_k == int(lens.max())
+        return attention_ref(q, k, v, cu_seqlens=cu_seqlens_q, causal=causal, alibi_slopes=alibi_slopes,
+                             softmax_scale=softmax_scale)
+
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_func, fake.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    sl = alibi_slopes(2)
+    for shape in (dict(B=2, L=17, H=2, D=20), dict(lens=[1, 17, 30], H=2, Hk=1, D=32),
+                  dict(B=2, L=30, pad_lens=[30, 9], H=2, D=12)):
+        q, k, v, kw = make_inputs(device="cpu", **shape)
+        out = attention_flash(q, k, v, causal=True, alibi_slopes=sl, **kw)
+        ref = attention_ref(q.double(), k.double(), v.double(), causal=True, alibi_slopes=sl, **kw)
+        assert out.shape == q.shape
+        torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)
+    assert calls == [("dense", 24), ("varlen", 32), ("varlen", 16)]
