@@ -81,6 +81,8 @@ def test_varlen_positions_restart(backend, interleaved):
     cu = torch.tensor([0, 1, 18, 131, 131, 136], dtype=torch.int32, device=DEV)
     cos, sin = rotary_cos_sin(120, 32, device=DEV)
     out = apply_rotary(x, cos, sin, interleaved=interleaved, cu_seqlens=cu, backend=backend)
+    assert torch.equal(out, apply_rotary(x, cos, sin, interleaved=interleaved, cu_seqlens=cu,
+                                         max_seqlen=113, backend=backend))
     pos = torch.cat([torch.arange(n) for n in lens])
     want = rope_formula(x.cpu()[:, None], cos, sin, pos[:, None], interleaved)[:, 0]
     torch.testing.assert_close(out.cpu().double(), want, atol=2e-6, rtol=0)
@@ -168,6 +170,9 @@ def test_errors(monkeypatch):
         apply_rotary(torch.zeros(7, 2, 16), cos, sin, cu_seqlens=torch.tensor([0, 8], dtype=torch.int32))
     with pytest.raises(ValueError, match="needs 9 rows"):
         apply_rotary(torch.zeros(9, 2, 16), cos, sin, cu_seqlens=torch.tensor([0, 9], dtype=torch.int32))
+    with pytest.raises(ValueError, match="max_seqlen=3 is below"):
+        apply_rotary(torch.zeros(7, 2, 16), cos, sin, cu_seqlens=torch.tensor([0, 7], dtype=torch.int32),
+                     max_seqlen=3)
     with pytest.raises(ValueError, match="positive even"):
         rotary_cos_sin(8, 15)
     monkeypatch.setenv("TRITON_INTERPRET", "0")

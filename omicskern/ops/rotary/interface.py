@@ -12,7 +12,7 @@ BACKENDS = ("triton", "reference")
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
                  cu_seqlens: torch.Tensor | None = None, seqlen_offset: int | torch.Tensor = 0,
-                 backend: str | None = None) -> torch.Tensor:
+                 max_seqlen: int | None = None, backend: str | None = None) -> torch.Tensor:
     """Rotate the first ``R = 2 * cos.shape[-1]`` dims of every head of ``x`` by its position's angles.
 
     Args:
@@ -22,6 +22,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inter
         interleaved: False = half-split pairs ``(j, j + R/2)`` (GPT-NeoX/ESM/NT-v2 ``rotate_half``);
             True = adjacent pairs ``(2j, 2j + 1)`` (GPT-J).
         seqlen_offset: added to every position (int, or ``[B]``/``[N]`` tensor), e.g. for KV caches.
+        max_seqlen: longest packed sequence (optional; saves the Triton path a device sync).
         backend: ``"triton" | "reference"`` or None (triton on CUDA, reference on CPU);
             ``OMICSKERN_ROTARY_BACKEND`` overrides None.
 
@@ -32,7 +33,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inter
         >>> cos, sin = rotary_cos_sin(128, 64)
         >>> q = apply_rotary(torch.randn(2, 128, 8, 64), cos, sin)
     """
-    _check(x, cos, sin, cu_seqlens, seqlen_offset)
+    _check(x, cos, sin, cu_seqlens, seqlen_offset, max_seqlen)
     if cu_seqlens is not None and cu_seqlens.dtype != torch.int32:
         cu_seqlens = cu_seqlens.to(torch.int32)
     name = choose_backend(x, backend=backend)
@@ -42,7 +43,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inter
     from omicskern.ops.rotary.triton import apply_rotary_triton
 
     return apply_rotary_triton(x, cos, sin, interleaved=interleaved, cu_seqlens=cu_seqlens,
-                               seqlen_offset=seqlen_offset)
+                               seqlen_offset=seqlen_offset, max_seqlen=max_seqlen)
 
 
 def choose_backend(x: torch.Tensor, *, backend: str | None = None) -> str:
@@ -59,7 +60,7 @@ def choose_backend(x: torch.Tensor, *, backend: str | None = None) -> str:
     return backends.choose("rotary", backend, probes, preference)
 
 
-def _check(x, cos, sin, cu_seqlens, seqlen_offset) -> None:
+def _check(x, cos, sin, cu_seqlens, seqlen_offset, max_seqlen) -> None:
     for name, t in (("x", x), ("cos", cos), ("sin", sin)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"apply_rotary: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -96,6 +97,8 @@ def _check(x, cos, sin, cu_seqlens, seqlen_offset) -> None:
         if c[0] != 0 or c[-1] != x.shape[0] or any(b < a for a, b in zip(c[:-1], c[1:])):
             raise ValueError(f"apply_rotary: cu_seqlens must rise from 0 to T={x.shape[0]}, got {c}")
         longest = max(b - a for a, b in zip(c[:-1], c[1:]))
+        if max_seqlen is not None and max_seqlen < longest:
+            raise ValueError(f"apply_rotary: max_seqlen={max_seqlen} is below the longest sequence ({longest})")
         off = int(seqlen_offset.max()) if isinstance(seqlen_offset, torch.Tensor) else int(seqlen_offset)
         if longest + off > cos.shape[0]:
             raise ValueError(f"apply_rotary: a sequence of {longest} tokens (offset {off}) needs "

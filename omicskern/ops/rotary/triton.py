@@ -107,12 +107,15 @@ rotary.register_autograd(_backward, setup_context=_setup_context)
 
 def apply_rotary_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                         interleaved: bool = False, cu_seqlens: torch.Tensor | None = None,
-                        seqlen_offset: int | torch.Tensor = 0) -> torch.Tensor:
+                        seqlen_offset: int | torch.Tensor = 0, max_seqlen: int | None = None) -> torch.Tensor:
     """Layout handling for :func:`omicskern.ops.rotary.apply_rotary` (arguments already validated)."""
     if cu_seqlens is not None:
         N = cu_seqlens.numel() - 1
-        lens = cu_seqlens[1:] - cu_seqlens[:-1]
-        max_len = int(lens.max().item()) if N > 0 else 0
+        if max_seqlen is not None:
+            max_len = int(max_seqlen)
+        else:
+            lens = cu_seqlens[1:] - cu_seqlens[:-1]
+            max_len = int(lens.max().item()) if N > 0 else 0
         cu = cu_seqlens.to(torch.int32).contiguous()
         xf = x
     else:
