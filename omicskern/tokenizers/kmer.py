@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -17,9 +18,10 @@ DNABERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CLS_N, _CLS_UNK, _CLS_BAD = 4, 5, 6
 
 
-def all_kmers(k: int) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def all_kmers(k: int) -> tuple[str, ...]:
     """Every k-mer in vocabulary order (A, T, C, G; last base fastest): AAA, AAT, AAC, AAG, ATA, ..."""
-    return ["".join(p) for p in itertools.product(BASES, repeat=k)]
+    return tuple("".join(p) for p in itertools.product(BASES, repeat=k))
 
 
 class KmerTokenizer(SequenceTokenizer):
@@ -70,7 +72,7 @@ class KmerTokenizer(SequenceTokenizer):
         kmers = all_kmers(self.k)
         if mode == "nt":
             specials = NT_SPECIAL_TOKENS
-            self._tokens = specials + tuple(kmers) + tuple(BASES) + ("N",)
+            self._tokens = specials + kmers + tuple(BASES) + ("N",)
             self.kmer_base = len(specials)
             self.single_base = self.kmer_base + len(kmers)
             self.n_token_id = self.single_base + 4
@@ -80,7 +82,7 @@ class KmerTokenizer(SequenceTokenizer):
             self.special_ids = frozenset({1, 2, 3, 4, 5})
         else:
             specials = DNABERT_SPECIAL_TOKENS
-            self._tokens = specials + tuple(kmers)
+            self._tokens = specials + kmers
             self.kmer_base = len(specials)
             self.single_base = self.n_token_id = -1  # no single-base tokens in DNABERT's vocabulary
             self.pad_token_id, self.unk_token_id, self.cls_token_id, self.sep_token_id, self.mask_token_id = range(5)

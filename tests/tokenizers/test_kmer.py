@@ -1,0 +1,205 @@
+"""KmerTokenizer (Nucleotide Transformer and DNABERT-1 rules) against pure-Python references."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omicskern.errors import InvalidSequenceError
+from omicskern.tokenizers import KmerTokenizer
+
+IDX = {"A": 0, "T": 1, "C": 2, "G": 3}
+
+
+def code(kmer: str) -> int:
+    c = 0
+    for ch in kmer:
+        c = c * 4 + IDX[ch]
+    return c
+
+
+def nt_ref(seq: str, k: int) -> list[int]:
+    """Nucleotide Transformer: split at N, k-mers from each piece start, leftovers single, N alone."""
+    single = 6 + 4 ** k
+    out = []
+    for piece in re.split("(N)", seq.upper()):
+        if piece == "N":
+            out.append(single + 4)
+            continue
+        full = len(piece) - len(piece) % k
+        out += [6 + code(piece[i:i + k]) for i in range(0, full, k)]
+        out += [single + IDX[c] for c in piece[full:]]
+    return out
+
+
+def overlap_ref(seq: str, k: int) -> list[int]:
+    """DNABERT-1: every window of k bases; windows with N are [UNK] (1)."""
+    s = seq.upper()
+    return [1 if "N" in s[i:i + k] else 5 + code(s[i:i + k]) for i in range(len(s) - k + 1)]
+
+
+def test_nt_vocabulary_order():
+    tok = KmerTokenizer(6)
+    vocab = tok.get_vocab()
+    assert tok.vocab_size == len(vocab) == 4107
+    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])[:6]] == \
+        ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
+    assert (vocab["AAAAAA"], vocab["AAAAAT"], vocab["ACGTAC"], vocab["GGGGGG"]) == (6, 7, 728, 4101)
+    assert [vocab[c] for c in "ATCGN"] == [4102, 4103, 4104, 4105, 4106]
+    assert (tok.pad_token_id, tok.mask_token_id, tok.cls_token_id) == (1, 2, 3)
+    assert tok.encode("ACGTACGN").tolist() == [3, 728, 4105, 4106]
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 7, 8])
+def test_nt_vocabulary_other_k(k):
+    tok = KmerTokenizer(k)
+    assert tok.vocab_size == 6 + 4 ** k + 5
+    kmers = ["".join(p) for p in itertools.product("ATCG", repeat=k)]
+    vocab = tok.get_vocab()
+    assert [vocab[m] for m in kmers] == list(range(6, 6 + 4 ** k))
+    assert [vocab[c] for c in "ATCGN"] == list(range(6 + 4 ** k, 6 + 4 ** k + 5))
+
+
+def test_dnabert_vocabulary_order():
+    """DNABERT-1's vocab.txt: [PAD] [UNK] [CLS] [SEP] [MASK] AAA AAT AAC AAG ATA ..."""
+    tok = KmerTokenizer(3, mode="overlap")
+    order = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    assert order[:10] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "AAA", "AAT", "AAC", "AAG", "ATA"]
+    assert order[-1] == "GGG" and len(order) == 69
+    assert KmerTokenizer(6, mode="overlap").vocab_size == 4101
+    assert tok.encode("ACGTN").tolist() == [2, 5 + code("ACG"), 5 + code("CGT"), 1, 3]
+
+
+def test_nt_fixture_exact(data_dir):
+    """Token ids of the released NT tokenizer on real-length sequences (one with an N)."""
+    ref = np.load(data_dir / "fixtures" / "nt_v2_tiny_inputs.npz")
+    tok = KmerTokenizer(6)
+    batch = tok(list(ref["dna"]), padding="max_length", max_length=ref["input_ids"].shape[1])
+    np.testing.assert_array_equal(batch.input_ids, ref["input_ids_unmasked"])
+    np.testing.assert_array_equal(batch.attention_mask, ref["attention_mask"].astype(bool))
+    tok._chunk = 37  # many cut points inside every sequence, around the N as well
+    np.testing.assert_array_equal(tok(list(ref["dna"]), padding="max_length", max_length=600, num_threads=2).input_ids,
+                                  ref["input_ids_unmasked"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seqs=st.lists(st.text(alphabet="ACGTNacgtn", max_size=80), max_size=5), k=st.integers(3, 8),
+       chunk=st.sampled_from([1, 5, 8, 13, 1 << 18]), threads=st.sampled_from([1, 2]))
+def test_nt_matches_reference(seqs, k, chunk, threads):
+    tok = KmerTokenizer(k)
+    tok._chunk = chunk
+    b = tok.encode_batch(seqs, padding=False, add_special_tokens=False, num_threads=threads)
+    assert [r.tolist() for r in b] == [nt_ref(s, k) for s in seqs]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seqs=st.lists(st.text(alphabet="ACGTNacgtn", max_size=80), max_size=5), k=st.integers(3, 8),
+       chunk=st.sampled_from([1, 5, 8, 13, 1 << 18]), threads=st.sampled_from([1, 2]))
+def test_overlap_matches_reference(seqs, k, chunk, threads):
+    tok = KmerTokenizer(k, mode="overlap")
+    tok._chunk = chunk
+    b = tok.encode_batch(seqs, padding=False, add_special_tokens=False, num_threads=threads)
+    assert [r.tolist() for r in b] == [overlap_ref(s, k) for s in seqs]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seq=st.text(alphabet="ACGTNN", min_size=200, max_size=3000), k=st.integers(3, 8),
+       chunk=st.sampled_from([8, 61, 250]))
+def test_long_sequences_cut_into_tasks(seq, k, chunk):
+    for mode, ref in (("nt", nt_ref), ("overlap", overlap_ref)):
+        tok = KmerTokenizer(k, mode=mode)
+        tok._chunk = chunk
+        assert tok.encode(seq, add_special_tokens=False).tolist() == ref(seq, k)
+
+
+def test_soft_mask_any_lower_base():
+    tok = KmerTokenizer(3)
+    b = tok.encode_batch(["ACGtttACGAn"], padding=False, add_special_tokens=False, return_soft_mask=True)
+    assert b.ids.tolist() == nt_ref("ACGTTTACGAN", 3)  # ACG TTT ACG A N
+    assert b.soft_mask.tolist() == [False, True, False, False, True]
+    o = KmerTokenizer(3, mode="overlap")
+    b = o.encode_batch(["AAaAAA"], padding=False, add_special_tokens=False, return_soft_mask=True)
+    assert b.soft_mask.tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize("mode", ["nt", "overlap"])
+def test_invalid_bytes(mode):
+    tok = KmerTokenizer(4, mode=mode)
+    with pytest.raises(InvalidSequenceError) as e:
+        tok.encode_batch(["ACGTACGT", "ACGTAR", "X"])
+    assert (e.value.index, e.value.position, e.value.byte) == (1, 5, ord("R"))
+    with pytest.raises(InvalidSequenceError) as e:
+        tok.encode("AX")  # shorter than k: still checked
+    assert e.value.position == 1
+    with pytest.raises(InvalidSequenceError) as e:
+        KmerTokenizer(4, mode=mode, uppercase=False).encode("ACGTa")
+    assert e.value.position == 4
+
+
+def test_nt_on_invalid_mappings():
+    unk = KmerTokenizer(3, on_invalid="unk")
+    # R ends the piece like N and becomes <unk> (0)
+    assert unk.encode("ACGTRACGT", add_special_tokens=False).tolist() == \
+        [6 + code("ACG"), 6 + 64 + IDX["T"], 0, 6 + code("ACG"), 6 + 64 + IDX["T"]]
+    as_n = KmerTokenizer(3, on_invalid="n")
+    assert as_n.encode("ACGTRACGT", add_special_tokens=False).tolist() == nt_ref("ACGTNACGT", 3)
+
+
+def test_overlap_on_invalid_mappings():
+    for policy in ("unk", "n"):
+        tok = KmerTokenizer(3, mode="overlap", on_invalid=policy)
+        assert tok.encode("ACGRAC", add_special_tokens=False).tolist() == overlap_ref("ACGNAC", 3)
+
+
+def test_empty_short_and_all_n():
+    nt = KmerTokenizer(6)
+    assert nt.encode("").tolist() == [3]
+    assert nt.encode("NNN", add_special_tokens=False).tolist() == [4106] * 3
+    assert nt.encode("ACG", add_special_tokens=False).tolist() == [4102, 4104, 4105]
+    ov = KmerTokenizer(6, mode="overlap")
+    assert ov.encode("ACGTA").tolist() == [2, 3]  # shorter than k: no window
+    assert ov.encode("N" * 10, add_special_tokens=False).tolist() == [1] * 5
+
+
+@pytest.mark.parametrize("bad", [2, 9, 6.0, True, "6"])
+def test_bad_k(bad):
+    with pytest.raises(ValueError, match="k must"):
+        KmerTokenizer(bad)
+
+
+def test_bad_mode():
+    with pytest.raises(ValueError, match="mode"):
+        KmerTokenizer(6, mode="dnabert")
+
+
+@pytest.mark.parametrize("k", [3, 6, 8])
+def test_decode_round_trip(k):
+    rng = np.random.default_rng(k)
+    seq = "".join(rng.choice(list("ACGTN"), 301, p=[0.24, 0.24, 0.24, 0.24, 0.04]))
+    nt = KmerTokenizer(k)
+    assert nt.decode(nt.encode(seq)) == seq
+    ov = KmerTokenizer(k, mode="overlap")
+    rebuilt = ov.decode(ov.encode(seq))
+    assert len(rebuilt) == len(seq)
+    # a base is known unless every window covering it holds an N
+    for j, (a, b) in enumerate(zip(seq, rebuilt)):
+        covered = any("N" not in seq[i:i + k] for i in range(max(0, j - k + 1), min(j, len(seq) - k) + 1))
+        assert b == (a if covered else "N"), j
+    assert ov.decode(ov.encode("ACGTACGTAC"), skip_special_tokens=False) == "[CLS]ACGTACGTAC[SEP]"
+
+
+def test_real_genome_window(data_dir):
+    text = (data_dir / "lambda_phage.fa").read_text().splitlines()
+    seq = "".join(line.strip() for line in text[1:])
+    for mode, ref in (("nt", nt_ref), ("overlap", overlap_ref)):
+        tok = KmerTokenizer(6, mode=mode)
+        tok._chunk = 5003
+        one = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=1).ids
+        two = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).ids
+        assert one.tolist() == ref(seq, 6)
+        np.testing.assert_array_equal(one, two)
