@@ -20,6 +20,18 @@ def ragged_pad(ids: np.ndarray, offsets: npt.NDArray[np.int64], pad_value: int |
 
 # --- DNA: char and k-mer tokenizers (csrc/dna/bind_dna.cpp) --------------------------------
 # (section: dna)
+def dna_char_encode(seqs: list | tuple, lut: npt.NDArray[np.int32], allowed: str = "",
+                    return_soft_mask: bool = False, num_threads: int = 0, chunk: int = 262144,
+                    prefix: list[int] = ..., suffix: list[int] = ...
+                    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]:
+    """One token per byte, lut[byte] (256 entries; negative = invalid -> InvalidSequenceError).
+    prefix/suffix ids are written around every sequence. Returns (ids [T], offsets [N+1], soft_mask [T] | None)."""
+def dna_kmer_encode(seqs: list | tuple, k: int, overlap: bool, cls_lut: npt.NDArray[np.uint8], kmer_base: int,
+                    single_base: int, n_id: int, unk_id: int, allowed: str = "", return_soft_mask: bool = False,
+                    num_threads: int = 0, chunk: int = 262144, prefix: list[int] = ..., suffix: list[int] = ...
+                    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]:
+    """k-mer ids (k = 3..8). overlap=False: Nucleotide Transformer rules; True: DNABERT-1 windows.
+    cls_lut[byte]: 0..3 = A,T,C,G; 4 = N; 5 = unknown token; 6 = invalid (error)."""
 
 # --- DNA: BPE (csrc/dna/bind_bpe.cpp) -------------------------------------------------------
 # (section: bpe)
