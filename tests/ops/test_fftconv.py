@@ -202,17 +202,44 @@ def test_triton_four_step(monkeypatch, L, causal):
     from omicskern.ops.fftconv import triton as tk
 
     monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
-    assert not tk.plan(L)["fused"]
+    assert len(tk.plan(L)["Ps"]) == 1
     _check_triton(1, 2, L, F32, causal, seed=L)
 
 
-def test_triton_plan():
+def test_triton_two_outer_levels(monkeypatch):
+    """Two outer levels (16 x 16 x 256 = 65536), forced at small sizes: the 1M-token layout."""
     from omicskern.ops.fftconv import triton as tk
 
-    for L in (1, 128, 129, 4096, 4097, 1 << 15, 1 << 20):
+    monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
+    monkeypatch.setattr(tk, "OUTER_MAX_P", 16)
+    L = 20000
+    assert tk.plan(L)["Ps"] == [16, 16]
+    u, k, b, g = make_inputs(1, 1, L, F32, causal=False, seed=5)
+    y = fft_conv(u, k, b, gate=g, causal=False, backend="triton")
+    assert_close_scaled(y, fft_conv_ref(u, k, b, g, False), F32, "y")
+
+
+@pytest.mark.slow
+def test_triton_two_outer_levels_grad(monkeypatch):
+    from omicskern.ops.fftconv import triton as tk
+
+    monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
+    monkeypatch.setattr(tk, "OUTER_MAX_P", 16)
+    _check_triton(1, 1, 20000, F32, True, seed=6)
+
+
+def test_triton_plan():
+    import math
+
+    from omicskern.ops.fftconv import triton as tk
+
+    for L in (1, 128, 129, 2048, 2049, 4097, 1 << 15, 1 << 20):
         pl = tk.plan(L)
-        assert pl["N"] >= 2 * L - 1 and pl["N1"] * pl["N2"] * (1 if pl["fused"] else pl["P"]) == pl["N"]
-        assert min(pl["N1"], pl["N2"], pl.get("P", 16)) >= 16
+        assert pl["N"] >= 2 * L - 1
+        assert pl["N1"] * pl["N2"] == pl["M"] and pl["M"] * math.prod(pl["Ps"]) == pl["N"]
+        assert min(pl["N1"], pl["N2"], *pl["Ps"], 16) >= 16 and max(pl["Ps"], default=0) <= tk.OUTER_MAX_P
+        assert pl["fused"] == (pl["N"] <= tk.FUSED_MAX_N)
+    assert len(tk.plan(1 << 20)["Ps"]) == 2
     assert tk.unsupported_reason((1 << 20) + 1, True) is not None
 
 

@@ -34,9 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
-FUSED_MAX_N = 8192     # largest FFT done in a single fused kernel
-MIN_N = 256            # 16 x 16: tl.dot needs every dim >= 16
-MAX_L = 1 << 20        # outer P <= 128 at M = 8192 ... P = 256 for N = 2^21
+FUSED_MAX_N = 4096      # largest FFT done in one fused kernel (64 x 64 tiles: 16 KiB operands)
+OUTER_MAX_P = 64        # largest outer DFT (P x P matrix) of the multi-level path
+MIN_N = 256             # 16 x 16: tl.dot needs every dim >= 16
+MAX_L = 1 << 20
 SCRATCH_BYTES = 1 << 30  # row chunking bound for the large-N path's scratch buffer
 
 
@@ -54,16 +55,21 @@ def _split(n: int) -> tuple[int, int]:
 
 
 def plan(L: int) -> dict:
-    """FFT size and decomposition for length L (both causal and two-sided need N >= 2L-1)."""
+    """FFT size and decomposition for length L (both causal and two-sided need N >= 2L-1).
+
+    ``Ps``: outer DFT sizes (empty: one fused kernel); the inner FFT has length M = N1 N2.
+    """
     N = max(MIN_N, 1 << max(0, (2 * L - 2).bit_length()))
-    if N <= FUSED_MAX_N:
-        N1, N2 = _split(N)
-        return dict(N=N, fused=True, N1=N1, N2=N2)
-    P = max(16, N // FUSED_MAX_N)
-    N = max(N, P * MIN_N)
-    M = N // P
-    M1, M2 = _split(M)
-    return dict(N=N, fused=False, P=P, M=M, N1=M1, N2=M2)
+    Ps, M = [], N
+    while M > FUSED_MAX_N:
+        P = min(OUTER_MAX_P, max(16, M // FUSED_MAX_N), M // MIN_N)
+        if P < 16:  # only with a tiny FUSED_MAX_N: grow N rather than use a < 16 DFT
+            N, M = N * (16 // P), M * (16 // P)
+            continue
+        Ps.append(P)
+        M //= P
+    N1, N2 = _split(M)
+    return dict(N=N, fused=not Ps, Ps=Ps, M=M, N1=N1, N2=N2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,12 +95,20 @@ def _twiddle(rows: int, cols: int, n: int, device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _spectrum_index(N: int, P: int, N1: int, N2: int, device) -> torch.Tensor:
-    """Flat index into x_hat for each slot of the kernels' [P, N1, N2] spectrum tile."""
-    kp = torch.arange(P)[:, None, None]
-    k1 = torch.arange(N1)[None, :, None]
-    k2 = torch.arange(N2)[None, None, :]
-    return (kp + P * (k1 + N1 * k2)).reshape(-1).to(device)
+def _spectrum_index(N: int, Ps: tuple, N1: int, N2: int, device) -> torch.Tensor:
+    """Flat index into x_hat for each slot of the kernels' [P_1, ..., P_j, N1, N2] spectrum.
+
+    Level i splits its length into P_i x rest with output index k = k_pi + P_i k_rest, and the
+    inner tile holds k_m = k1 + N1 k2, so slot (kp_1, ..., kp_j, k1, k2) is
+    kp_1 + P_1 (kp_2 + P_2 (... + P_j (k1 + N1 k2))).
+    """
+    k1 = torch.arange(N1)[:, None]
+    k2 = torch.arange(N2)[None, :]
+    idx = k1 + N1 * k2  # [N1, N2]
+    for P in reversed(Ps):
+        kp = torch.arange(P).reshape(P, *([1] * idx.dim()))
+        idx = kp + P * idx.unsqueeze(0)
+    return idx.reshape(-1).to(device)
 
 
 def filter_spectrum(k: torch.Tensor, bias, offset: int, pl: dict) -> torch.Tensor:
@@ -105,8 +119,7 @@ def filter_spectrum(k: torch.Tensor, bias, offset: int, pl: dict) -> torch.Tenso
         kk = kk.clone() if kk is k else kk
         kk[..., offset] += bias.to(torch.float32)
     K = torch.fft.fft(kk.reshape(-1, kk.shape[-1]), n=N) / N
-    P = 1 if pl["fused"] else pl["P"]
-    K = K[:, _spectrum_index(N, P, pl["N1"], pl["N2"], k.device)]
+    K = K[:, _spectrum_index(N, tuple(pl["Ps"]), pl["N1"], pl["N2"], k.device)]
     return torch.stack([K.real, K.imag], dim=1).contiguous()
 
 
@@ -218,10 +231,52 @@ def _fft_conv_outer_fwd_kernel(x_ptr, xmul_ptr, bufr_ptr, bufi_ptr, fp_ptr, tw_p
 
 
 @triton.jit
+def _fft_conv_outer_cfwd_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.constexpr,
+                                M: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+    """A further level on complex data, in place: each length-P*M sequence -> P-point DFTs of its
+    columns, times w_(P M)^(k_p m)."""
+    seq = tl.program_id(0)
+    mb = tl.program_id(1)
+    p = tl.arange(0, P)[:, None]
+    mc = mb * BM + tl.arange(0, BM)[None, :]
+    o = seq.to(tl.int64) * (P * M) + p * M + mc
+    xr = tl.load(bufr_ptr + o)
+    xi = tl.load(bufi_ptr + o)
+    fr, fi = _load_mat(fp_ptr, P, P, P * P)
+    ar = tl.dot(fr, xr, input_precision=PREC) - tl.dot(fi, xi, input_precision=PREC)
+    ai = tl.dot(fr, xi, input_precision=PREC) + tl.dot(fi, xr, input_precision=PREC)
+    tr = tl.load(tw_ptr + p * M + mc)
+    ti = tl.load(tw_ptr + P * M + p * M + mc)
+    tl.store(bufr_ptr + o, ar * tr - ai * ti)
+    tl.store(bufi_ptr + o, ar * ti + ai * tr)
+
+
+@triton.jit
+def _fft_conv_outer_cinv_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.constexpr,
+                                M: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+    """Inverse of :func:`_fft_conv_outer_cfwd_kernel` (no 1/N), in place."""
+    seq = tl.program_id(0)
+    mb = tl.program_id(1)
+    p = tl.arange(0, P)[:, None]
+    mc = mb * BM + tl.arange(0, BM)[None, :]
+    o = seq.to(tl.int64) * (P * M) + p * M + mc
+    br = tl.load(bufr_ptr + o)
+    bi = tl.load(bufi_ptr + o)
+    tr = tl.load(tw_ptr + p * M + mc)
+    ti = tl.load(tw_ptr + P * M + p * M + mc)
+    cr = br * tr + bi * ti
+    ci = bi * tr - br * ti
+    fr, fi = _load_mat(fp_ptr, P, P, P * P)
+    tl.store(bufr_ptr + o, tl.dot(fr, cr, input_precision=PREC) + tl.dot(fi, ci, input_precision=PREC))
+    tl.store(bufi_ptr + o, tl.dot(fr, ci, input_precision=PREC) - tl.dot(fi, cr, input_precision=PREC))
+
+
+@triton.jit
 def _fft_conv_inner_kernel(bufr_ptr, bufi_ptr, spec_ptr, f1_ptr, f2_ptr, tw_ptr, H, row0,
                            spec_bstride, P: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
                            PREC: tl.constexpr):
-    """Row (local), k_p: inner M-point FFT, times the filter spectrum, inverse M-point FFT."""
+    """Row (local), k_p (over all outer levels, P = their product): inner M-point FFT, times the
+    filter spectrum, inverse M-point FFT, in place."""
     row = tl.program_id(0)
     kp = tl.program_id(1)
     grow = row0 + row
@@ -294,32 +349,52 @@ def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched)
             x, xmul if xmul is not None else x, spec, out, omul if omul is not None else x,
             _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, N, dev),
             H, L, in_off, out_off, spec_bstride, N1=N1, N2=N2, HAS_XMUL=xmul is not None,
-            HAS_OMUL=omul is not None, PREC=prec, num_warps=8 if N >= 4096 else 4)
+            HAS_OMUL=omul is not None, PREC=prec, num_warps=8 if N >= 2048 else 4)
         return out
-    P, M, N1, N2 = pl["P"], pl["M"], pl["N1"], pl["N2"]
-    BM = 64 if P <= 64 else 32
-    fp, two = _dft(P, dev), _twiddle(P, M, N, dev)
+    Ps, M, N1, N2 = pl["Ps"], pl["M"], pl["N1"], pl["N2"]
+    # level i works on sequences of length S_i = N / (P_1 ... P_{i-1}) split as P_i x S_i / P_i
+    lens = [N]
+    for P in Ps:
+        lens.append(lens[-1] // P)
+    mats = [(_dft(P, dev), _twiddle(P, S // P, S, dev)) for P, S in zip(Ps, lens)]
     f1, f2, twi = _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, M, dev)
+    nseq = N // M
     chunk = max(1, min(rows, SCRATCH_BYTES // (8 * N)))
     xf, of = x.view(rows, L), out.view(rows, L)
     xm = xmul.view(rows, L) if xmul is not None else None
     om = omul.view(rows, L) if omul is not None else None
-    bufr = torch.empty(chunk, P, M, dtype=torch.float32, device=dev)
+    bufr = torch.empty(chunk * N, dtype=torch.float32, device=dev)
     bufi = torch.empty_like(bufr)
+
+    def bm(P, Mi):
+        return min(Mi, 64 if P <= 32 else 32)
+
     for r0 in range(0, rows, chunk):
         r1 = min(rows, r0 + chunk)
         n = r1 - r0
         xs = xf[r0:r1]
-        _fft_conv_outer_fwd_kernel[(n, M // BM)](
-            xs, xm[r0:r1] if xm is not None else xs, bufr, bufi, fp, two, L, in_off,
-            P=P, M=M, BM=BM, HAS_XMUL=xm is not None, PREC=prec, num_warps=4)
-        _fft_conv_inner_kernel[(n, P)](
-            bufr, bufi, spec, f1, f2, twi, H, r0, spec_bstride, P=P, N1=N1, N2=N2, PREC=prec,
-            num_warps=8 if M >= 4096 else 4)
+        P, S = Ps[0], lens[0]
+        _fft_conv_outer_fwd_kernel[(n, (S // P) // bm(P, S // P))](
+            xs, xm[r0:r1] if xm is not None else xs, bufr, bufi, mats[0][0], mats[0][1], L, in_off,
+            P=P, M=S // P, BM=bm(P, S // P), HAS_XMUL=xm is not None, PREC=prec, num_warps=4)
+        for i in range(1, len(Ps)):
+            P, S = Ps[i], lens[i]
+            _fft_conv_outer_cfwd_kernel[(n * (N // S), (S // P) // bm(P, S // P))](
+                bufr, bufi, mats[i][0], mats[i][1], P=P, M=S // P, BM=bm(P, S // P), PREC=prec,
+                num_warps=4)
+        _fft_conv_inner_kernel[(n, nseq)](
+            bufr, bufi, spec, f1, f2, twi, H, r0, spec_bstride, P=nseq, N1=N1, N2=N2, PREC=prec,
+            num_warps=4)
+        for i in reversed(range(1, len(Ps))):
+            P, S = Ps[i], lens[i]
+            _fft_conv_outer_cinv_kernel[(n * (N // S), (S // P) // bm(P, S // P))](
+                bufr, bufi, mats[i][0], mats[i][1], P=P, M=S // P, BM=bm(P, S // P), PREC=prec,
+                num_warps=4)
         os_ = of[r0:r1]
-        _fft_conv_outer_inv_kernel[(n, M // BM)](
-            bufr, bufi, os_, om[r0:r1] if om is not None else os_, fp, two, L, out_off,
-            P=P, M=M, BM=BM, HAS_OMUL=om is not None, PREC=prec, num_warps=4)
+        P, S = Ps[0], lens[0]
+        _fft_conv_outer_inv_kernel[(n, (S // P) // bm(P, S // P))](
+            bufr, bufi, os_, om[r0:r1] if om is not None else os_, mats[0][0], mats[0][1], L, out_off,
+            P=P, M=S // P, BM=bm(P, S // P), HAS_OMUL=om is not None, PREC=prec, num_warps=4)
     return out
 
 
