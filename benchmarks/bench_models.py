@@ -329,8 +329,8 @@ def render(rows, name, args):
              "`triton.testing.do_bench` median on CUDA. tokens/s counts real tokens only "
              "(no padding). Peak memory: "
              + ("CUDA allocator peak above weights and inputs." if args.device == "cuda" else
-                "growth of the process's peak RSS during the timed forwards (coarse; 0 when the forward "
-                "fits in memory the process had already touched)."),
+                "growth of the peak RSS of a fresh process during one forward (coarse: allocator caching "
+                "and page reuse blur it; compare within a row only)."),
              "", "Sizes: " + "; ".join(f"{k}: {v}" for k, v in sizes.items()), ""]
     if args.device == "cpu":
         lines += ["CPU run: the Triton kernels are not timed (interpreter only), so omicskern runs its CPU "
