@@ -1,0 +1,273 @@
+"""Geneformer's rank-value encoding, in C++ over CSR row chunks.
+
+Per cell, over the genes of the token dictionary with a nonzero count:
+``value = ((count / total_counts) * target_sum) / gene_median`` in float64 (this operation order,
+as Geneformer's numpy code, so exact ties are the same), genes ranked by value descending,
+truncated to ``model_input_size`` (V2 adds ``<cls>`` first and ``<eos>`` last within it).
+
+Tie rule: equal values go by ascending column index (the first column of a merged duplicate gene);
+Geneformer's ``np.argsort(-v)`` is an unstable introsort that leaves tie order unspecified, so
+omicskern's output equals Geneformer's whenever a cell has no tied values among its kept genes,
+and equals ``np.argsort(-v, kind="stable")`` always.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from omicskern._native import load_C
+from omicskern.errors import InvalidCountsError, MissingColumnError
+from omicskern.tokenizers.cells_io import (CellMatrix, NoMatchingGenesError, cell_label, load_gene_medians,
+                                           load_symbol_table, load_token_dictionary, open_cells,
+                                           rethrow_counts_error)
+from omicskern.tokenizers.cells_result import CellTokens, TokenizeReport
+
+PRESETS = {
+    # Geneformer V1 (2021, ~30M cells): 2048 genes, no special tokens
+    "V1": {"model_input_size": 2048, "special_tokens": False},
+    # Geneformer V2 (~104M cells): 4096 tokens = <cls> + 4094 genes + <eos>
+    "V2": {"model_input_size": 4096, "special_tokens": True},
+}
+
+_INTEGER_CHECKS = ("warn", "error", "ignore")
+
+
+class RankValueTokenizer:
+    """Geneformer rank-value tokenizer (``TranscriptomeTokenizer`` semantics, C++ core).
+
+    Args:
+        token_dictionary: gene ID -> token id (dict, or a Geneformer pickle / JSON / TSV path);
+            must hold ``<cls>``/``<eos>`` when special tokens are on.
+        gene_medians: gene ID -> nonzero median (dict or path). Genes of the token dictionary
+            without a median are not tokenized (as Geneformer's gene list).
+        preset: ``"V1"`` (2048, no specials) or ``"V2"`` (4096 with ``<cls>``/``<eos>``);
+            ``model_input_size`` / ``special_tokens`` override it.
+        gene_column: var column holding the gene IDs (``None``: var_names).
+        symbol_table: symbol -> Ensembl ID (dict or TSV path, e.g. GENCODE's table) applied to
+            the gene keys first, for inputs labelled by symbol. Keys absent from it are kept.
+        upper_case_ids: upper-case gene keys before lookup (Geneformer does, for Ensembl IDs).
+        total_counts_column: obs column with each cell's total counts (Geneformer's
+            ``n_counts``); when the input has no such column, totals are summed over ALL genes
+            of the cell (also those outside the dictionary), as Geneformer's loom path does.
+        filter_column: obs column; only cells where it equals 1/True are tokenized (Geneformer's
+            ``filter_pass``). Ignored when absent; ``None`` turns it off.
+        obs_columns: obs columns carried into the output (``{"in": "out"}`` renames).
+        target_sum: 10,000 in Geneformer.
+        integer_check: what a non-integer float count does: ``"warn"``, ``"error"``, ``"ignore"``.
+            Negative, NaN and infinite counts are always errors.
+        skip_empty: cells with no dictionary gene are left out (Geneformer drops them with a
+            warning); otherwise they give an empty (or ``<cls>, <eos>``) sequence.
+        chunk_size: cells per C++ call (and per read from a backed h5ad).
+        num_threads: C++ threads (``<= 0``: all cores).
+
+    Example:
+        >>> tok = RankValueTokenizer("token_dictionary.pkl", "gene_median_dictionary.pkl", preset="V2")
+        >>> out = tok.tokenize("cells.h5ad"); out[0][:5], out.report.summary()
+    """
+
+    def __init__(self, token_dictionary, gene_medians, *, preset: str = "V2", model_input_size: int | None = None,
+                 special_tokens: bool | None = None, gene_column: str | None = "ensembl_id", symbol_table=None,
+                 upper_case_ids: bool = True, total_counts_column: str | None = "n_counts",
+                 filter_column: str | None = "filter_pass", obs_columns: Sequence[str] | dict = (),
+                 target_sum: float = 10_000.0, integer_check: str = "warn", skip_empty: bool = True,
+                 chunk_size: int = 8192, num_threads: int = 0):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        cfg = dict(PRESETS[preset])
+        if model_input_size is not None:
+            cfg["model_input_size"] = int(model_input_size)
+        if special_tokens is not None:
+            cfg["special_tokens"] = bool(special_tokens)
+        self.preset = preset
+        self.model_input_size = cfg["model_input_size"]
+        self.special_tokens = cfg["special_tokens"]
+        if integer_check not in _INTEGER_CHECKS:
+            raise ValueError(f"integer_check must be one of {_INTEGER_CHECKS}, got {integer_check!r}")
+        self.token_dict = load_token_dictionary(token_dictionary)
+        self.gene_medians = load_gene_medians(gene_medians)
+        self.cls_id = self.eos_id = -1
+        if self.special_tokens:
+            missing = [t for t in ("<cls>", "<eos>") if t not in self.token_dict]
+            if missing:
+                raise ValueError(f"special tokens {missing} are not in the token dictionary; the V2 preset needs "
+                                 "them (use preset='V1' or special_tokens=False for a V1 dictionary)")
+            self.cls_id, self.eos_id = self.token_dict["<cls>"], self.token_dict["<eos>"]
+        self.max_genes = self.model_input_size - (2 if self.special_tokens else 0)
+        if self.max_genes < 1:
+            raise ValueError(f"model_input_size {self.model_input_size} leaves no room for genes")
+        bad = [(k, v) for k, v in self.gene_medians.items() if not (np.isfinite(v) and v > 0)]
+        if bad:
+            raise ValueError(f"gene medians must be positive and finite; {len(bad)} are not, e.g. {bad[:3]}")
+        self.gene_column = gene_column
+        self.symbol_table = load_symbol_table(symbol_table) if symbol_table is not None else None
+        self.upper_case_ids = upper_case_ids
+        self.total_counts_column = total_counts_column
+        self.filter_column = filter_column
+        self.obs_columns = dict(obs_columns) if isinstance(obs_columns, dict) else {c: c for c in obs_columns}
+        self.target_sum = float(target_sum)
+        self.integer_check = integer_check
+        self.skip_empty = skip_empty
+        self.chunk_size = int(chunk_size)
+        self.num_threads = int(num_threads)
+        # slots: genes with a token and a median, in token-dictionary order
+        genes = [g for g in self.token_dict if g in self.gene_medians]
+        self._slot_of = {g: i for i, g in enumerate(genes)}
+        self._slot_token = np.array([self.token_dict[g] for g in genes], np.int32)
+        self._slot_median = np.array([self.gene_medians[g] for g in genes], np.float64)
+
+    # ---- gene matching ----------------------------------------------------------------------
+    def _column_map(self, m: CellMatrix, gene_ids) -> tuple[np.ndarray, TokenizeReport]:
+        if gene_ids is not None:
+            keys = np.asarray(gene_ids).astype(str)
+            if len(keys) != m.n_vars:
+                raise ValueError(f"gene_ids has {len(keys)} entries but the input has {m.n_vars} genes (columns)")
+        else:
+            keys = m.gene_keys(self.gene_column)
+        rep = TokenizeReport(method=f"rank-value ({self.preset}, {self.model_input_size} tokens)",
+                             n_genes=m.n_vars)
+        col_slot = np.full(m.n_vars, -1, np.int32)
+        seen: set[int] = set()
+        for j, k in enumerate(keys):
+            if self.symbol_table is not None and k in self.symbol_table:
+                k = self.symbol_table[k]
+                rep.n_symbol_mapped += 1
+            key = k.upper() if self.upper_case_ids else k
+            s = self._slot_of.get(key, self._slot_of.get(k, -1))
+            col_slot[j] = s
+            if s < 0:
+                rep.n_genes_missing += 1
+                if len(rep.missing_examples) < 5 and k:
+                    rep.missing_examples.append(k)
+            else:
+                rep.n_genes_matched += 1
+                if s in seen:
+                    rep.n_duplicate_columns += 1
+                seen.add(s)
+        if rep.n_genes_matched == 0:
+            where = f"var column {self.gene_column!r}" if gene_ids is None and self.gene_column else "gene IDs"
+            raise NoMatchingGenesError(
+                f"none of the {m.n_vars} genes ({where}, e.g. {', '.join(map(str, keys[:3]))}) is in the token "
+                f"dictionary with a median ({len(self._slot_of)} genes, e.g. {', '.join(list(self._slot_of)[:3])}). "
+                "Check gene_column, or pass symbol_table= for symbols.")
+        return col_slot, rep
+
+    # ---- tokenizing -------------------------------------------------------------------------
+    def iter_tokenize(self, data, *, gene_ids=None, total_counts=None, layer: str | None = None,
+                      progress: bool = False, report: TokenizeReport | None = None) -> Iterator[CellTokens]:
+        """Tokenizes chunk by chunk (bounded memory for backed inputs): yields one
+        :class:`CellTokens` per chunk of ``chunk_size`` input cells, ``obs_index`` global.
+        ``report`` (if given) is filled in as chunks go."""
+        m = data if isinstance(data, CellMatrix) else open_cells(data, layer=layer)
+        try:
+            col_slot, rep = self._column_map(m, gene_ids)
+            if report is not None:
+                report.__dict__.update(rep.__dict__)
+                rep = report
+            totals_all = None
+            if total_counts is not None:
+                totals_all = np.asarray(total_counts, np.float64)
+                if totals_all.shape != (m.n_obs,):
+                    raise ValueError(f"total_counts has shape {totals_all.shape}, expected ({m.n_obs},)")
+                rep.total_counts_source = "total_counts argument"
+            elif self.total_counts_column:
+                col = m.obs_column(self.total_counts_column, required=False)
+                if col is not None:
+                    try:
+                        totals_all = np.asarray(col, np.float64)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"obs column {self.total_counts_column!r} is not numeric") from None
+                    rep.total_counts_source = f"obs column {self.total_counts_column!r}"
+            if totals_all is None:
+                rep.total_counts_source = "sum over all genes of each cell"
+            keep_all = None
+            if self.filter_column:
+                col = m.obs_column(self.filter_column, required=False)
+                if col is not None:
+                    keep_all = np.asarray(col == 1, bool) if col.dtype != bool else col.astype(bool)
+                    rep.filter_source = f"obs column {self.filter_column!r} == 1"
+            carried = {}
+            for src, dst in self.obs_columns.items():
+                carried[dst] = m.obs_column(src, required=True)
+            obs_names = None if m.obs_names is None else np.asarray(m.obs_names)
+            bar = _progress(progress, m.n_obs)
+            C = load_C()
+            first_non_int = None
+            for ch in m.chunks(self.chunk_size):
+                n = ch.stop - ch.start
+                rows = None
+                if keep_all is not None:
+                    rows = np.flatnonzero(keep_all[ch.start:ch.stop]).astype(np.int64)
+                tot = None
+                if totals_all is not None:
+                    tot = totals_all[ch.start:ch.stop]
+                    if rows is not None:
+                        tot = tot[rows]
+                    tot = np.ascontiguousarray(tot, np.float64)
+                try:
+                    r = C.cells_rank_value(ch.indptr, ch.indices, ch.data, m.n_vars, col_slot, self._slot_token,
+                                           self._slot_median, totals=tot, rows=rows, base=ch.base,
+                                           max_genes=self.max_genes, cls_id=self.cls_id, eos_id=self.eos_id,
+                                           target_sum=self.target_sum, skip_empty=self.skip_empty,
+                                           num_threads=self.num_threads)
+                except InvalidCountsError as e:
+                    rethrow_counts_error(e, m, ch, rows)
+                sel_rows = np.arange(n, dtype=np.int64) if rows is None else rows
+                non_int = r["non_integer"]
+                if self.integer_check != "ignore" and non_int.any():
+                    k = int(np.argmax(non_int))
+                    where = cell_label(m, ch.start + int(sel_rows[k]))
+                    if self.integer_check == "error":
+                        raise InvalidCountsError(
+                            f"{where}: counts are not whole numbers (rank-value encoding expects raw counts; "
+                            "pass integer_check='warn' or 'ignore' to accept them)")
+                    if first_non_int is None:
+                        first_non_int = where
+                    rep.n_non_integer_cells += int(non_int.sum())
+                out_local = sel_rows[r["out_rows"]]
+                gidx = ch.start + out_local
+                rep.n_cells += n
+                rep.n_filtered += n - len(sel_rows)
+                rep.n_empty += int(np.count_nonzero(r["n_detected"] == 0)) if self.skip_empty else 0
+                rep.n_tokenized += len(out_local)
+                yield CellTokens(r["ids"], r["offsets"], None, gidx,
+                                 None if obs_names is None else obs_names[gidx],
+                                 {k: v[gidx] for k, v in carried.items()}, rep)
+                if bar is not None:
+                    bar.update(n)
+            if bar is not None:
+                bar.close()
+            if first_non_int is not None:
+                warnings.warn(f"{rep.n_non_integer_cells} cells hold non-integer counts (first: {first_non_int}); "
+                              "rank-value encoding expects raw counts", stacklevel=2)
+        finally:
+            if m is not data:
+                m.close()
+
+    def tokenize(self, data, *, gene_ids=None, total_counts=None, layer: str | None = None,
+                 progress: bool = False) -> CellTokens:
+        """Tokenizes every cell of ``data`` (AnnData in memory or backed, ``.h5ad`` path, scipy
+        sparse, dense numpy; plain matrices need ``gene_ids``). Returns a :class:`CellTokens`
+        (ragged ids; ``.to_padded()``, ``.save(...)``) with ``.report``."""
+        if not hasattr(data, "obs") and not isinstance(data, (str, CellMatrix)) and not hasattr(data, "__fspath__"):
+            if gene_ids is None:
+                raise ValueError("a plain matrix has no gene names: pass gene_ids= (one per column)")
+        rep = TokenizeReport()
+        parts = list(self.iter_tokenize(data, gene_ids=gene_ids, total_counts=total_counts, layer=layer,
+                                        progress=progress, report=rep))
+        return CellTokens.concat(parts, rep)
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="cells", unit_scale=True, desc="tokenizing")
+
+
+__all__ = ["RankValueTokenizer", "PRESETS", "MissingColumnError", "NoMatchingGenesError"]
