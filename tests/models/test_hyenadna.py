@@ -34,8 +34,7 @@ def model(fix):
 @pytest.mark.parametrize("fft_backend,conv_backend", [
     pytest.param("torch", "torch", id="fft-torch-conv-torch"),
     pytest.param("reference", "reference", id="fft-reference-conv-reference"),
-    pytest.param("triton", "torch", id="fft-triton-conv-torch"),  # interpreter: short row only
-    pytest.param("triton", "triton", id="fft-triton-conv-triton"),
+    pytest.param("triton", "triton", id="fft-triton-conv-triton"),  # interpreter: short row only
 ])
 def test_fixture_parity(model, fix, fft_backend, conv_backend):
     _, inp, out = fix
@@ -142,7 +141,7 @@ def test_half_precision(fix, dtype, atol):
 def test_gradients_backends_agree(fix):
     d, inp, _ = fix
     m = HyenaDNA.from_pretrained(d, dtype=torch.float64)
-    ids = torch.from_numpy(inp["input_ids"][2:, -40:])
+    ids = torch.from_numpy(inp["input_ids"][2:, -24:])
     grads = {}
     for be in ("reference", "torch"):
         m.zero_grad()
