@@ -4,7 +4,7 @@
 
 Shapes follow FlashFFTConv's table (B=64, H=768, L=256..32k) and long sequences (B=1, H=256, up
 to 1M). Reports forward and forward+backward time (CUDA: median of ``triton.testing.do_bench``;
-CPU: best of N, the machine being shared)
+CPU: process CPU time, best of N, the machine being shared)
 and peak memory (CUDA: max allocated beyond the inputs; CPU: peak RSS growth), side by side in one
 process, with speedups. Writes a markdown table with the device name to ``benchmarks/results/``.
 
@@ -86,9 +86,9 @@ def peak_mem(fn, dev) -> float:
 
 
 def times(fns: dict, dev, reps: int) -> dict:
-    """Seconds per call for each fn. CUDA: median of triton.testing.do_bench. CPU: the methods
-    run interleaved, rep after rep, and each keeps its best time: on a shared machine the load
-    then hits all methods alike and the minimum is the least disturbed run."""
+    """Seconds per call for each fn. CUDA: median of triton.testing.do_bench. CPU: process CPU
+    time (all threads), the methods interleaved rep after rep, best of reps: on a shared,
+    oversubscribed machine wall time mostly measures waiting for a core."""
     if dev.type == "cuda":
         import triton.testing
 
@@ -97,9 +97,9 @@ def times(fns: dict, dev, reps: int) -> dict:
     best = {k: float("inf") for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             f()
-            best[k] = min(best[k], time.perf_counter() - t0)
+            best[k] = min(best[k], time.process_time() - t0)
     return best
 
 
@@ -189,7 +189,7 @@ def main(argv=None):
         f"Device: **{name}**; torch {torch.__version__}; dtype {dname} (filters fp32); "
         f"gated causal conv `(u * k + D u) * gate`; omicskern backend: default for the device "
         f"({'triton' if dev.type == 'cuda' else 'torch'}). Times in ms "
-        f"({'median, triton.testing.do_bench' if dev.type == 'cuda' else f'best of {reps} interleaved runs after a warm-up'}); "
+        f"({'median, triton.testing.do_bench' if dev.type == 'cuda' else f'process CPU time over all threads, best of {reps} interleaved runs after a warm-up'}); "
         f"memory is peak MiB beyond the inputs "
         f"({'max_memory_allocated' if dev.type == 'cuda' else 'process peak RSS growth, approximate'}). "
         f"Speedup = HyenaDNA torch.fft time / omicskern time. Total run {elapsed:.0f} s.",
