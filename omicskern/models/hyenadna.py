@@ -198,8 +198,20 @@ class HyenaDNA(nn.Module):
         if "head.output_transform.weight" in sd:
             n_classes = sd["head.output_transform.weight"].shape[0]
         model = cls(config, n_classes=n_classes)
-        load_strict(model, sd, source=str(wfile) + (f" + {head}" if head else ""))
+        load_strict(model, sd, source=str(wfile) + (f" + {head}" if head else ""), tied=model.tied_keys())
         return finish_load(model, dtype, device)
+
+    def tied_keys(self) -> dict:
+        """The implicit filter's three Sin slots share one ``freq``; the ``-hf`` safetensors keep only
+        ``implicit_filter.1.freq`` (the others are dropped as shared tensors on save)."""
+        tied = {}
+        for i, layer in enumerate(self.backbone.layers):
+            mlp = layer.mixer.filter_fn.implicit_filter
+            slots = [j for j, m in enumerate(mlp) if hasattr(m, "freq")]
+            for j in slots[1:]:
+                tied[f"backbone.layers.{i}.mixer.filter_fn.implicit_filter.{j}.freq"] = \
+                    f"backbone.layers.{i}.mixer.filter_fn.implicit_filter.{slots[0]}.freq"
+        return tied
 
     def set_backend(self, fft_conv: str | None = None, conv1d: str | None = None) -> "HyenaDNA":
         """Backends of the long (``fft_conv``) and short (``causal_conv1d``) convolutions."""
