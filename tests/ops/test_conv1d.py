@@ -121,3 +121,12 @@ def test_no_bias():
 def test_bad_inputs(kw, match):
     with pytest.raises(ValueError, match=match):
         causal_conv1d(kw["x"], kw["w"], kw.get("b"), activation=kw.get("activation"))
+
+
+def test_triton_custom_op_opcheck():
+    """Schema, fake-tensor shapes and autograd registration of omicskern::causal_conv1d."""
+    from omicskern.ops.conv1d.triton import causal_conv1d_op
+
+    x, w, b = make(2, 3, 20, 3, F32, requires_grad=True)
+    torch.library.opcheck(causal_conv1d_op, (x, w, b, True))
+    torch.library.opcheck(causal_conv1d_op, (x, w, None, False))

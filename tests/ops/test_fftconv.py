@@ -262,3 +262,11 @@ def test_default_backend_on_cpu_is_torch(monkeypatch):
 ])
 def test_triton_gpu_bf16(B, H, L, causal):
     _check_triton(B, H, L, BF16, causal, seed=3, device="cuda")
+
+
+def test_triton_custom_op_opcheck():
+    """Schema, fake-tensor shapes and autograd registration of omicskern::fft_conv (torch.compile)."""
+    from omicskern.ops.fftconv.triton import fft_conv_op
+
+    u, k, b, g = make_inputs(2, 3, 17, F32, seed=2, requires_grad=True)
+    torch.library.opcheck(fft_conv_op, (u, k, b, g, True))

@@ -50,25 +50,6 @@ def _torch_impl(x, weight, bias, activation):
     return y.to(x.dtype).contiguous()
 
 
-class CausalConv1dTritonFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, activation):
-        from omicskern.ops.conv1d import triton as tk
-
-        ctx.save_for_backward(x, weight, bias)
-        ctx.activation = activation
-        return tk.causal_conv1d_fwd(x, weight, bias, activation)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        from omicskern.ops.conv1d import triton as tk
-
-        x, weight, bias = ctx.saved_tensors
-        dx, dw, db = tk.causal_conv1d_bwd(dy, x, weight, bias, ctx.activation)
-        return dx, dw, (db if bias is not None and ctx.needs_input_grad[2] else None), None
-
-
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                   activation: str | None = None, backend: str | None = None) -> torch.Tensor:
     """Depthwise causal convolution: ``y[b,c,t] = act(bias[c] + sum_j weight[c,j] x[b,c,t-K+1+j])``.
@@ -106,4 +87,6 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return causal_conv1d_ref(x, weight, bias, activation).to(x.dtype)
     if name == "torch":
         return _torch_impl(x, weight, bias, activation)
-    return CausalConv1dTritonFn.apply(x, weight, bias, activation)
+    from omicskern.ops.conv1d.triton import causal_conv1d_op
+
+    return causal_conv1d_op(x, weight, bias, activation == "silu")

@@ -125,6 +125,51 @@ def causal_conv1d_bwd(dy, x, weight, bias, activation):
         HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_L=BL, ACC=acc)
     _causal_conv1d_bwd_dx_kernel[(B * C, nblk)](dz, weight, dx, C, L, K=K, BLOCK_L=BL, ACC=acc)
     sums = part.sum(dim=(0, 2))  # [C, K+1]
-    dw = sums[:, :K].to(weight.dtype)
-    db = sums[:, K].to(bias.dtype) if bias is not None else None
+    dw = sums[:, :K].to(weight.dtype, copy=True)  # copies: outputs must not alias each other
+    db = sums[:, K].to(bias.dtype, copy=True) if bias is not None else None
     return dx, dw, db
+
+
+# custom ops: opaque to torch.compile, with fake-tensor shapes
+@torch.library.custom_op("omicskern::causal_conv1d", mutates_args=())
+def causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     silu: bool) -> torch.Tensor:
+    """Triton causal_conv1d forward; x: [B, C, L], weight: [C, K], bias: [C] or None."""
+    return causal_conv1d_fwd(x, weight, bias, "silu" if silu else None)
+
+
+@causal_conv1d_op.register_fake
+def _(x, weight, bias, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("omicskern::causal_conv1d_bwd", mutates_args=())
+def causal_conv1d_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None, silu: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias); dbias is empty without a bias."""
+    dx, dw, db = causal_conv1d_bwd(dy, x, weight, bias, "silu" if silu else None)
+    return dx, dw, db if db is not None else x.new_empty(0)
+
+
+@causal_conv1d_bwd_op.register_fake
+def _(dy, x, weight, bias, silu):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            torch.empty_like(bias) if bias is not None else x.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.silu = silu
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy):
+    x, weight, bias = ctx.saved_tensors
+    dx, dw, db = causal_conv1d_bwd_op(dy, x, weight, bias, ctx.silu)
+    return dx, dw, db if ctx.has_bias else None, None
+
+
+causal_conv1d_op.register_autograd(_backward, setup_context=_setup_context)

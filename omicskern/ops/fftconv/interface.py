@@ -143,7 +143,8 @@ def _torch_bwd(dy, u, k, bias, gate, causal, needs):
         dkf = torch.fft.irfft(P, n=n)[..., :Lk]
         if need_bias:
             db = dkf[..., offset]
-            dbias = (db if db.dim() == 1 else db.sum(0)).to(bias.dtype)
+            # a copy, never a view of dk ([H] elements)
+            dbias = (db.clone() if db.dim() == 1 else db.sum(0)).to(bias.dtype)
         if need_k:
             dk = dkf.to(k.dtype)
     return du, dk, dbias, dgate
@@ -164,28 +165,6 @@ class FftConvTorchFn(torch.autograd.Function):
                  bias is not None and ctx.needs_input_grad[2],
                  gate is not None and ctx.needs_input_grad[3])
         du, dk, dbias, dgate = _torch_bwd(dy, u, k, bias, gate, ctx.causal, needs)
-        return du, dk, dbias, dgate, None
-
-
-class FftConvTritonFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, k, bias, gate, causal):
-        from omicskern.ops.fftconv import triton as tk
-
-        ctx.save_for_backward(u, k, bias, gate)
-        ctx.causal = causal
-        return tk.fft_conv_fwd(u, k, bias, gate, causal)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        from omicskern.ops.fftconv import triton as tk
-
-        u, k, bias, gate = ctx.saved_tensors
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                 bias is not None and ctx.needs_input_grad[2],
-                 gate is not None and ctx.needs_input_grad[3])
-        du, dk, dbias, dgate = tk.fft_conv_bwd(dy, u, k, bias, gate, ctx.causal, needs)
         return du, dk, dbias, dgate, None
 
 
@@ -246,5 +225,8 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
         from omicskern.ops.fftconv.reference import fft_conv_ref
 
         return fft_conv_ref(u, k, bias, gate, causal).to(u.dtype)
-    fn = FftConvTritonFn if name == "triton" else FftConvTorchFn
-    return fn.apply(u, k, bias, gate, causal)
+    if name == "triton":
+        from omicskern.ops.fftconv.triton import fft_conv_op
+
+        return fft_conv_op(u, k, bias, gate, causal)
+    return FftConvTorchFn.apply(u, k, bias, gate, causal)

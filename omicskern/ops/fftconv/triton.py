@@ -428,3 +428,54 @@ def fft_conv_bwd(dy, u, k, bias, gate, causal, needs):
 
         _, dk, dbias, _ = _torch_bwd(dy, u, k, bias, gate, causal, (False, need_k, need_bias, False))
     return du, dk, dbias, dgate
+
+
+# ----------------------------------------------------------------------------------------------
+# custom ops (torch.compile sees them as opaque nodes with fake-tensor shapes)
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("omicskern::fft_conv", mutates_args=())
+def fft_conv_op(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None,
+                gate: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """Triton fft_conv forward; u: [B, H, L] -> [B, H, L] (u's dtype)."""
+    return fft_conv_fwd(u, k, bias, gate, causal)
+
+
+@fft_conv_op.register_fake
+def _(u, k, bias, gate, causal):
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("omicskern::fft_conv_bwd", mutates_args=())
+def fft_conv_bwd_op(dy: torch.Tensor, u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None,
+                    gate: torch.Tensor | None, causal: bool, need_u: bool, need_k: bool,
+                    need_bias: bool, need_gate: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(du, dk, dbias, dgate); a gradient not asked for comes back as an empty tensor."""
+    grads = fft_conv_bwd(dy, u, k, bias, gate, causal, (need_u, need_k, need_bias, need_gate))
+    return tuple(g if g is not None else u.new_empty(0) for g in grads)
+
+
+@fft_conv_bwd_op.register_fake
+def _(dy, u, k, bias, gate, causal, need_u, need_k, need_bias, need_gate):
+    def like(t, need):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if need else u.new_empty(0)
+    return (like(u, need_u), like(k, need_k), like(bias, need_bias) if bias is not None else u.new_empty(0),
+            like(gate, need_gate) if gate is not None else u.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    u, k, bias, gate, causal = inputs
+    ctx.save_for_backward(u, k, bias, gate)
+    ctx.causal = causal
+    ctx.has = (bias is not None, gate is not None)
+
+
+def _backward(ctx, dy):
+    u, k, bias, gate = ctx.saved_tensors
+    nu, nk, nb, ng = ctx.needs_input_grad[:4]
+    nb, ng = nb and ctx.has[0], ng and ctx.has[1]
+    du, dk, db, dg = fft_conv_bwd_op(dy, u, k, bias, gate, ctx.causal, nu, nk, nb, ng)
+    return du if nu else None, dk if nk else None, db if nb else None, dg if ng else None, None
+
+
+fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
