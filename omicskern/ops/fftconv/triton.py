@@ -193,7 +193,7 @@ def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f
     if HAS_XMUL:
         x = x * tl.load(xmul_ptr + base + t, mask=m, other=0.0).to(tl.float32)
     yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
-    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h * (2 * N1 * N2)
+    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * N1 * N2)
     kr, ki = _load_mat(sp, N1, N2, N1 * N2)
     zr = yr * kr - yi * ki
     zi = yr * ki + yi * kr
@@ -287,7 +287,7 @@ def _fft_conv_inner_kernel(bufr_ptr, bufi_ptr, spec_ptr, f1_ptr, f2_ptr, tw_ptr,
     xr = tl.load(bufr_ptr + o)
     xi = tl.load(bufi_ptr + o)
     yr, yi = _fft2_fwd(xr, xi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
-    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h * (2 * P * N1 * N2) + kp * (N1 * N2)
+    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * P * N1 * N2) + kp * (N1 * N2)
     kr, ki = _load_mat(sp, N1, N2, P * N1 * N2)
     zr = yr * kr - yi * ki
     zi = yr * ki + yi * kr
