@@ -195,15 +195,16 @@ def test_triton_fused(B, H, L, dtype, causal, k_batched):
     _check_triton(B, H, L, dtype, causal, k_batched, seed=L)
 
 
-@pytest.mark.parametrize("L,causal", [pytest.param(300, False, id="L300-twosided"),
-                                      pytest.param(1000, True, id="L1000-causal")])
-def test_triton_four_step(monkeypatch, L, causal):
+@pytest.mark.parametrize("B,H,L,causal,k_batched", [
+    pytest.param(2, 1, 300, False, True, id="B2-H1-L300-twosided-kBH"),
+    pytest.param(1, 2, 1000, True, False, id="B1-H2-L1000-causal")])
+def test_triton_four_step(monkeypatch, B, H, L, causal, k_batched):
     """The large-N path (outer P-point DFT + inner two-level FFT), forced at small N."""
     from omicskern.ops.fftconv import triton as tk
 
     monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
     assert len(tk.plan(L)["Ps"]) == 1
-    _check_triton(1, 2, L, F32, causal, seed=L)
+    _check_triton(B, H, L, F32, causal, k_batched, seed=L)
 
 
 def test_triton_two_outer_levels(monkeypatch):

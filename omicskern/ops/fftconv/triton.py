@@ -206,6 +206,36 @@ def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f
 
 
 @triton.jit
+def _fft_conv_bwd_dk_kernel(dy_ptr, gate_ptr, u_ptr, dk_ptr, f1_ptr, f2_ptr, tw_ptr, NB, H, L, Lk,
+                            in_off, inv_n, N1: tl.constexpr, N2: tl.constexpr,
+                            HAS_GATE: tl.constexpr, PREC: tl.constexpr):
+    """dk[j] = sum over NB batch rows of sum_m dzp[m] u[m - j], j < Lk, dz = dy * gate placed at
+    in_off: the cross-spectrum DZ conj(U) is accumulated over the batch in registers, then one
+    inverse FFT. One program per h (k shared; NB = B) or per (b, h) (k per sample; NB = 1)."""
+    pid = tl.program_id(0)
+    h = pid % H
+    b0 = (pid // H) * NB
+    n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
+    t = n - in_off
+    mz = (t >= 0) & (t < L)
+    mu = n < L
+    accr = tl.zeros([N1, N2], dtype=tl.float32)
+    acci = tl.zeros([N1, N2], dtype=tl.float32)
+    for i in range(NB):
+        base = ((b0 + i) * H + h).to(tl.int64) * L
+        dz = tl.load(dy_ptr + base + t, mask=mz, other=0.0).to(tl.float32)
+        if HAS_GATE:
+            dz = dz * tl.load(gate_ptr + base + t, mask=mz, other=0.0).to(tl.float32)
+        zr, zi = _fft2_fwd(dz, dz, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+        uu = tl.load(u_ptr + base + n, mask=mu, other=0.0).to(tl.float32)
+        ur, ui = _fft2_fwd(uu, uu, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+        accr += zr * ur + zi * ui
+        acci += zi * ur - zr * ui
+    y, _ = _fft2_inv(accr * inv_n, acci * inv_n, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+    tl.store(dk_ptr + pid.to(tl.int64) * Lk + n, y, mask=n < Lk)
+
+
+@triton.jit
 def _fft_conv_outer_fwd_kernel(x_ptr, xmul_ptr, bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, L, in_off,
                                P: tl.constexpr, M: tl.constexpr, BM: tl.constexpr,
                                HAS_XMUL: tl.constexpr, PREC: tl.constexpr):
@@ -274,26 +304,30 @@ def _fft_conv_outer_cinv_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.conste
 @triton.jit
 def _fft_conv_inner_kernel(bufr_ptr, bufi_ptr, spec_ptr, f1_ptr, f2_ptr, tw_ptr, H, row0,
                            spec_bstride, P: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
-                           PREC: tl.constexpr):
-    """Row (local), k_p (over all outer levels, P = their product): inner M-point FFT, times the
-    filter spectrum, inverse M-point FFT, in place."""
+                           MODE: tl.constexpr, PREC: tl.constexpr):
+    """Row (local), k_p (over all outer levels, P = their product), in place. MODE 0: inner
+    M-point FFT, times the filter spectrum, inverse; 1: forward FFT only; 2: inverse only."""
     row = tl.program_id(0)
     kp = tl.program_id(1)
-    grow = row0 + row
-    b = grow // H
-    h = grow % H
     n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
     o = (row.to(tl.int64) * P + kp) * (N1 * N2) + n
-    xr = tl.load(bufr_ptr + o)
-    xi = tl.load(bufi_ptr + o)
-    yr, yi = _fft2_fwd(xr, xi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
-    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * P * N1 * N2) + kp * (N1 * N2)
-    kr, ki = _load_mat(sp, N1, N2, P * N1 * N2)
-    zr = yr * kr - yi * ki
-    zi = yr * ki + yi * kr
-    outr, outi = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
-    tl.store(bufr_ptr + o, outr)
-    tl.store(bufi_ptr + o, outi)
+    zr = tl.load(bufr_ptr + o)
+    zi = tl.load(bufi_ptr + o)
+    if MODE != 2:
+        zr, zi = _fft2_fwd(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
+    if MODE == 0:
+        grow = row0 + row
+        b = grow // H
+        h = grow % H
+        sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * P * N1 * N2) + kp * (N1 * N2)
+        kr, ki = _load_mat(sp, N1, N2, P * N1 * N2)
+        yr = zr * kr - zi * ki
+        zi = zr * ki + zi * kr
+        zr = yr
+    if MODE != 1:
+        zr, zi = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
+    tl.store(bufr_ptr + o, zr)
+    tl.store(bufi_ptr + o, zi)
 
 
 @triton.jit
@@ -351,51 +385,124 @@ def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched)
             H, L, in_off, out_off, spec_bstride, N1=N1, N2=N2, HAS_XMUL=xmul is not None,
             HAS_OMUL=omul is not None, PREC=prec, num_warps=8 if N >= 2048 else 4)
         return out
-    Ps, M, N1, N2 = pl["Ps"], pl["M"], pl["N1"], pl["N2"]
-    # level i works on sequences of length S_i = N / (P_1 ... P_{i-1}) split as P_i x S_i / P_i
-    lens = [N]
-    for P in Ps:
-        lens.append(lens[-1] // P)
-    mats = [(_dft(P, dev), _twiddle(P, S // P, S, dev)) for P, S in zip(Ps, lens)]
-    f1, f2, twi = _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, M, dev)
-    nseq = N // M
     chunk = max(1, min(rows, SCRATCH_BYTES // (8 * N)))
     xf, of = x.view(rows, L), out.view(rows, L)
     xm = xmul.view(rows, L) if xmul is not None else None
     om = omul.view(rows, L) if omul is not None else None
-    bufr = torch.empty(chunk * N, dtype=torch.float32, device=dev)
-    bufi = torch.empty_like(bufr)
-
-    def bm(P, Mi):
-        return min(Mi, 64 if P <= 32 else 32)
-
+    ml = _MultiLevel(pl, dev, chunk)
     for r0 in range(0, rows, chunk):
         r1 = min(rows, r0 + chunk)
-        n = r1 - r0
-        xs = xf[r0:r1]
+        ml.forward(xf[r0:r1], xm[r0:r1] if xm is not None else None, in_off, ml.bufr, ml.bufi)
+        ml.inner(r1 - r0, 0, ml.bufr, ml.bufi, spec, H, r0, spec_bstride)
+        ml.inverse(r1 - r0, ml.bufr, ml.bufi, of[r0:r1], om[r0:r1] if om is not None else None, out_off)
+    return out
+
+
+class _MultiLevel:
+    """The large-N path's steps over a chunk of rows and its scratch buffers ([chunk, N] re/im)."""
+
+    def __init__(self, pl, dev, chunk, nbuf=1):
+        self.pl, self.dev, self.prec = pl, dev, _prec(dev)
+        N, Ps, M = pl["N"], pl["Ps"], pl["M"]
+        # level i works on sequences of length S_i = N / (P_1 ... P_{i-1}) split as P_i x S_i / P_i
+        self.lens = [N]
+        for P in Ps:
+            self.lens.append(self.lens[-1] // P)
+        self.mats = [(_dft(P, dev), _twiddle(P, S // P, S, dev)) for P, S in zip(Ps, self.lens)]
+        self.inner_mats = (_dft(pl["N1"], dev), _dft(pl["N2"], dev), _twiddle(pl["N1"], pl["N2"], M, dev))
+        self.bufs = [torch.empty(chunk * N, dtype=torch.float32, device=dev) for _ in range(2 * nbuf)]
+        self.bufr, self.bufi = self.bufs[0], self.bufs[1]
+
+    @staticmethod
+    def _bm(P, Mi):
+        return min(Mi, 64 if P <= 32 else 32)
+
+    def forward(self, x2d, xmul2d, in_off, bufr, bufi, inner=False):
+        """Outer levels of the forward FFT of rows x2d [n, L] (times xmul2d) into bufr/bufi;
+        with ``inner`` also the inner FFT (the full spectrum, in the kernels' order)."""
+        n, L = x2d.shape
+        Ps, lens, N, prec = self.pl["Ps"], self.lens, self.pl["N"], self.prec
         P, S = Ps[0], lens[0]
-        _fft_conv_outer_fwd_kernel[(n, (S // P) // bm(P, S // P))](
-            xs, xm[r0:r1] if xm is not None else xs, bufr, bufi, mats[0][0], mats[0][1], L, in_off,
-            P=P, M=S // P, BM=bm(P, S // P), HAS_XMUL=xm is not None, PREC=prec, num_warps=4)
+        _fft_conv_outer_fwd_kernel[(n, (S // P) // self._bm(P, S // P))](
+            x2d, xmul2d if xmul2d is not None else x2d, bufr, bufi, self.mats[0][0], self.mats[0][1],
+            L, in_off, P=P, M=S // P, BM=self._bm(P, S // P), HAS_XMUL=xmul2d is not None,
+            PREC=prec, num_warps=4)
         for i in range(1, len(Ps)):
             P, S = Ps[i], lens[i]
-            _fft_conv_outer_cfwd_kernel[(n * (N // S), (S // P) // bm(P, S // P))](
-                bufr, bufi, mats[i][0], mats[i][1], P=P, M=S // P, BM=bm(P, S // P), PREC=prec,
-                num_warps=4)
+            _fft_conv_outer_cfwd_kernel[(n * (N // S), (S // P) // self._bm(P, S // P))](
+                bufr, bufi, self.mats[i][0], self.mats[i][1], P=P, M=S // P, BM=self._bm(P, S // P),
+                PREC=prec, num_warps=4)
+        if inner:
+            self.inner(n, 1, bufr, bufi)
+
+    def inner(self, n, mode, bufr, bufi, spec=None, H=1, r0=0, spec_bstride=0):
+        pl = self.pl
+        f1, f2, twi = self.inner_mats
+        nseq = pl["N"] // pl["M"]
         _fft_conv_inner_kernel[(n, nseq)](
-            bufr, bufi, spec, f1, f2, twi, H, r0, spec_bstride, P=nseq, N1=N1, N2=N2, PREC=prec,
-            num_warps=4)
+            bufr, bufi, spec if spec is not None else bufr, f1, f2, twi, H, r0, spec_bstride,
+            P=nseq, N1=pl["N1"], N2=pl["N2"], MODE=mode, PREC=self.prec, num_warps=4)
+
+    def inverse(self, n, bufr, bufi, out2d, omul2d, out_off, inner=False):
+        """(With ``inner``: the inner inverse FFT, then) the outer levels backwards, the last one
+        writing the real output window [out_off, out_off + Lout) of each row (times omul2d)."""
+        if inner:
+            self.inner(n, 2, bufr, bufi)
+        Ps, lens, N, prec = self.pl["Ps"], self.lens, self.pl["N"], self.prec
         for i in reversed(range(1, len(Ps))):
             P, S = Ps[i], lens[i]
-            _fft_conv_outer_cinv_kernel[(n * (N // S), (S // P) // bm(P, S // P))](
-                bufr, bufi, mats[i][0], mats[i][1], P=P, M=S // P, BM=bm(P, S // P), PREC=prec,
-                num_warps=4)
-        os_ = of[r0:r1]
+            _fft_conv_outer_cinv_kernel[(n * (N // S), (S // P) // self._bm(P, S // P))](
+                bufr, bufi, self.mats[i][0], self.mats[i][1], P=P, M=S // P, BM=self._bm(P, S // P),
+                PREC=prec, num_warps=4)
         P, S = Ps[0], lens[0]
-        _fft_conv_outer_inv_kernel[(n, (S // P) // bm(P, S // P))](
-            bufr, bufi, os_, om[r0:r1] if om is not None else os_, mats[0][0], mats[0][1], L, out_off,
-            P=P, M=S // P, BM=bm(P, S // P), HAS_OMUL=om is not None, PREC=prec, num_warps=4)
-    return out
+        _fft_conv_outer_inv_kernel[(n, (S // P) // self._bm(P, S // P))](
+            bufr, bufi, out2d, omul2d if omul2d is not None else out2d, self.mats[0][0], self.mats[0][1],
+            out2d.shape[1], out_off, P=P, M=S // P, BM=self._bm(P, S // P),
+            HAS_OMUL=omul2d is not None, PREC=prec, num_warps=4)
+
+
+def _dk(dy, gate, u, Lk, offset, pl, k_batched):
+    """fp32 [H, Lk] (or [B, H, Lk] for per-sample k): sum over the batch of the correlation of
+    dz = dy * gate (placed at ``offset``) with u."""
+    B, H, L = u.shape
+    dev = u.device
+    nacc = B * H if k_batched else H
+    dk = torch.empty(nacc, Lk, dtype=torch.float32, device=dev)
+    if dev.type == "cpu":
+        dk.fill_(float("nan"))
+    N = pl["N"]
+    if pl["fused"]:
+        N1, N2 = pl["N1"], pl["N2"]
+        _fft_conv_bwd_dk_kernel[(nacc,)](
+            dy, gate if gate is not None else dy, u, dk, _dft(N1, dev), _dft(N2, dev),
+            _twiddle(N1, N2, N, dev), 1 if k_batched else B, H, L, Lk, offset, 1.0 / N,
+            N1=N1, N2=N2, HAS_GATE=gate is not None, PREC=_prec(dev),
+            num_warps=8 if N >= 2048 else 4)
+        return dk.view(B, H, Lk) if k_batched else dk
+    # large N: spectra of dz and u per chunk of rows, cross-spectrum accumulated per h in torch
+    chunk = max(1, min(H, SCRATCH_BYTES // (16 * N)))
+    ml = _MultiLevel(pl, dev, chunk, nbuf=2)
+    ar, ai, br, bi = (t.view(chunk, N) for t in ml.bufs)
+    accr = torch.zeros(nacc, N, dtype=torch.float32, device=dev)
+    acci = torch.zeros_like(accr)
+    dy2, u2 = dy.view(B * H, L), u.view(B * H, L)
+    g2 = gate.view(B * H, L) if gate is not None else None
+    for b in range(B):
+        for h0 in range(0, H, chunk):
+            h1 = min(H, h0 + chunk)
+            n, r0, r1 = h1 - h0, b * H + h0, b * H + h1
+            ml.forward(dy2[r0:r1], g2[r0:r1] if g2 is not None else None, offset, ml.bufs[0], ml.bufs[1], inner=True)
+            ml.forward(u2[r0:r1], None, 0, ml.bufs[2], ml.bufs[3], inner=True)
+            a0 = r0 if k_batched else h0
+            accr[a0:a0 + n] += ar[:n] * br[:n] + ai[:n] * bi[:n]
+            acci[a0:a0 + n] += ai[:n] * br[:n] - ar[:n] * bi[:n]
+    accr.mul_(1.0 / N)
+    acci.mul_(1.0 / N)
+    chunk2 = chunk * 2
+    for a0 in range(0, nacc, chunk2):
+        a1 = min(nacc, a0 + chunk2)
+        ml.inverse(a1 - a0, accr[a0:a1], acci[a0:a1], dk[a0:a1], None, 0, inner=True)
+    return dk.view(B, H, Lk) if k_batched else dk
 
 
 def fft_conv_fwd(u, k, bias, gate, causal):
@@ -407,8 +514,9 @@ def fft_conv_fwd(u, k, bias, gate, causal):
 
 
 def fft_conv_bwd(dy, u, k, bias, gate, causal, needs):
-    """Gradients: du and dgate by the Triton pipeline; dk and dbias (spectral cross-correlation of
-    dz and u, summed over the batch) through torch.fft."""
+    """Gradients, all by Triton kernels: du (the pipeline on dz = dy * gate with the conjugate
+    filter spectrum), dgate (the pipeline without gate, times dy), dk and dbias (the cross-spectrum
+    of dz and u summed over the batch, then one inverse FFT; dbias is its lag-0 tap)."""
     need_u, need_k, need_bias, need_gate = needs
     L = u.shape[-1]
     pl = plan(L)
@@ -424,9 +532,13 @@ def fft_conv_bwd(dy, u, k, bias, gate, causal, needs):
         if need_gate:
             dgate = _pipeline(u, None, spec, dy, 0, offset, pl, gate.dtype, k.dim() == 3)
     if need_k or need_bias:
-        from omicskern.ops.fftconv.interface import _torch_bwd
-
-        _, dk, dbias, _ = _torch_bwd(dy, u, k, bias, gate, causal, (False, need_k, need_bias, False))
+        dkf = _dk(dy, gate.contiguous() if gate is not None else None, u.contiguous(), k.shape[-1],
+                  offset, pl, k.dim() == 3)
+        if need_bias:
+            db = dkf[..., offset]  # the skip term is the filter's tap at lag 0
+            dbias = (db.clone() if db.dim() == 1 else db.sum(0)).to(bias.dtype)
+        if need_k:
+            dk = dkf.to(k.dtype)
     return du, dk, dbias, dgate
 
 
