@@ -271,3 +271,25 @@ def test_triton_custom_op_opcheck():
 
     u, k, b, g = make_inputs(2, 3, 17, F32, seed=2, requires_grad=True)
     torch.library.opcheck(fft_conv_op, (u, k, b, g, True))
+
+
+@pytest.mark.parametrize("backend,H", [pytest.param("torch", 128, id="torch-H128"),
+                                       pytest.param("triton", 4, id="triton-H4")])
+def test_hyenadna_filter_from_fixture(shared_dir, backend, H):
+    """A real long filter (HyenaDNA layer 0, decaying, L=1024) with its skip term, on random input."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    root = shared_dir / "fixtures/hyenadna_tiny"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    k = torch.from_numpy(np.load(root / "outputs.npz")["layer0_filter_k"]).T.contiguous()[:H]  # [H, L]
+    D = load_file(str(root / "model.safetensors"))["backbone.layers.0.mixer.filter_fn.bias"][:H]
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, H, k.shape[-1], generator=g, requires_grad=True)
+    gate = torch.randn(2, H, k.shape[-1], generator=g)
+    y = fft_conv(u, k, D, gate=gate, backend=backend)
+    ref = fft_conv_ref(u, k, D, gate)
+    assert_close_scaled(y, ref, F32, "y")
+    dy = torch.randn(2, H, k.shape[-1], generator=g)
+    assert_close_scaled(torch.autograd.grad(y, u, dy)[0], torch.autograd.grad(ref, u, dy.double())[0], F32, "du")
