@@ -136,7 +136,8 @@ void dispatch(const CsrArgs& a, Fn&& fn) {
 py::dict rank_value_py(const py::array& indptr, const py::array& indices, const py::array& data, int64_t n_cols,
                        const py::object& col_slot_o, const py::object& slot_token_o, const py::object& slot_median_o,
                        const py::object& totals_o, const py::object& rows_o, int64_t base, int64_t max_genes,
-                       int32_t cls_id, int32_t eos_id, double target_sum, bool skip_empty, int num_threads) {
+                       int32_t cls_id, int32_t eos_id, double target_sum, bool skip_empty,
+                       const py::object& slot_col_o, int num_threads) {
     CsrArgs a = check_csr(indptr, indices, data, n_cols, rows_o, base);
     auto col_slot = need<int32_t>(col_slot_o, "col_slot");
     auto slot_token = need<int32_t>(slot_token_o, "slot_token");
@@ -166,7 +167,14 @@ py::dict rank_value_py(const py::array& indptr, const py::array& indices, const 
                                   std::to_string(a.n_sel) + " cells");
         tp = totals.data();
     }
-    RankParams p{col_slot.data(), slot_token.data(), slot_median.data(), n_slots, tp, max_genes,
+    py::array_t<int32_t> slot_col;
+    const int32_t* scp = nullptr;
+    if (!slot_col_o.is_none()) {
+        slot_col = need<int32_t>(slot_col_o, "slot_col");
+        if (slot_col.size() != n_slots) throw py::value_error("slot_col must have one entry per slot");
+        scp = slot_col.data();
+    }
+    RankParams p{col_slot.data(), slot_token.data(), slot_median.data(), scp, n_slots, tp, max_genes,
                  cls_id, eos_id, target_sum, skip_empty};
     RankResult r;
     try {
@@ -265,7 +273,8 @@ void register_cells(py::module_& m) {
           py::arg("n_cols"), py::arg("col_slot"), py::arg("slot_token"), py::arg("slot_median"),
           py::arg("totals") = py::none(), py::arg("rows") = py::none(), py::arg("base") = 0,
           py::arg("max_genes") = 2048, py::arg("cls_id") = -1, py::arg("eos_id") = -1,
-          py::arg("target_sum") = 10000.0, py::arg("skip_empty") = true, py::arg("num_threads") = 0,
+          py::arg("target_sum") = 10000.0, py::arg("skip_empty") = true, py::arg("slot_col") = py::none(),
+          py::arg("num_threads") = 0,
           "Geneformer rank-value encoding of CSR rows (see csrc/cells/rank.cpp). Returns a dict of numpy "
           "arrays: ids, offsets, out_rows, n_detected, totals, non_integer.");
     m.def("cells_bin_count", &bin_count_py, py::arg("indptr"), py::arg("indices"), py::arg("data"),

@@ -163,6 +163,8 @@ struct RankParams {
     const int32_t* col_slot;      // [n_cols] column -> gene slot (dictionary gene), -1 = not in dictionary
     const int32_t* slot_token;    // [n_slots] token id of each slot
     const double* slot_median;    // [n_slots] nonzero median of each slot (> 0, finite)
+    const int32_t* slot_col;      // [n_slots] tie-break column of each slot (its first input column), or
+                                  // nullptr = the stored column
     int64_t n_slots;
     const double* totals;         // [n_sel] total counts per selected row, or nullptr = sum of the row
     int64_t max_genes;            // genes kept per cell (model_input_size minus special tokens)

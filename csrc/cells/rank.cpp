@@ -5,7 +5,9 @@
 // this order (the order Geneformer's numpy code uses, so equal values tie exactly as they do
 // there). Genes are ranked by value descending; equal values go by ascending column index (of the
 // first column of a merged gene) - a stable order, where Geneformer's np.argsort(-v) (introsort)
-// leaves ties in an unspecified order.
+// leaves ties in an unspecified order. With duplicate gene IDs the caller passes slot_col (each
+// gene's first input column), so a gene's tie position does not depend on which of its columns
+// are nonzero in a given cell.
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -162,7 +164,7 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
                 double v = static_cast<double>(x) / total;
                 v = v * p.target_sum;
                 v = v / p.slot_median[s];
-                items[n++] = {v, static_cast<int32_t>(c), p.slot_token[s]};
+                items[n++] = {v, p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c), p.slot_token[s]};
             }
         } else {
             // Duplicate gene IDs / repeated columns: counts summed per gene before normalising.
@@ -191,7 +193,7 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
                 double v = t.acc[s] / total;
                 v = v * p.target_sum;
                 v = v / p.slot_median[s];
-                items[n++] = {v, t.first_col[s], p.slot_token[s]};
+                items[n++] = {v, p.slot_col ? p.slot_col[s] : t.first_col[s], p.slot_token[s]};
             }
         }
         const int64_t k = std::min<int64_t>(n, p.max_genes);

@@ -163,6 +163,12 @@ class RankValueTokenizer:
         m = data if isinstance(data, CellMatrix) else open_cells(data, layer=layer)
         try:
             col_slot, rep = self._column_map(m, gene_ids)
+            slot_col = None
+            if rep.n_duplicate_columns:
+                # tie position of a duplicated gene: its first column, whichever columns are nonzero
+                slot_col = np.full(len(self._slot_token), np.iinfo(np.int32).max, np.int32)
+                matched = np.flatnonzero(col_slot >= 0).astype(np.int32)
+                np.minimum.at(slot_col, col_slot[matched], matched)
             if report is not None:
                 report.__dict__.update(rep.__dict__)
                 rep = report
@@ -211,7 +217,7 @@ class RankValueTokenizer:
                                            self._slot_median, totals=tot, rows=rows, base=ch.base,
                                            max_genes=self.max_genes, cls_id=self.cls_id, eos_id=self.eos_id,
                                            target_sum=self.target_sum, skip_empty=self.skip_empty,
-                                           num_threads=self.num_threads)
+                                           slot_col=slot_col, num_threads=self.num_threads)
                 except InvalidCountsError as e:
                     rethrow_counts_error(e, m, ch, rows)
                 sel_rows = np.arange(n, dtype=np.int64) if rows is None else rows

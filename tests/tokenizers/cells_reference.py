@@ -27,15 +27,15 @@ def rank_value_ref(X, gene_keys, token_dict, medians, *, totals=None, model_inpu
     if totals is None:
         totals = D.sum(axis=1)
     totals = np.asarray(totals, np.float64)
-    first_col: dict = {}
+    cols_of: dict = {}
     for j, k in enumerate(gene_keys):
-        if k in token_dict and k in medians and k not in first_col:
-            first_col[k] = j
+        if k in token_dict and k in medians:
+            cols_of.setdefault(k, []).append(j)
+    first_col = {k: c[0] for k, c in cols_of.items()}
     genes = list(first_col)
     G = np.zeros((n_cells, len(genes)))
     for gi, k in enumerate(genes):
-        cols = [j for j, kk in enumerate(gene_keys) if kk == k]
-        G[:, gi] = D[:, cols].sum(axis=1)
+        G[:, gi] = D[:, cols_of[k]].sum(axis=1)
     gcol = np.array([first_col[k] for k in genes], np.int64)
     gtok = np.array([token_dict[k] for k in genes], np.int64)
     gmed = np.array([medians[k] for k in genes], np.float64)
