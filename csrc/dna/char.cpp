@@ -29,7 +29,8 @@ py::tuple char_encode(const py::object& seqs, py::array_t<int32_t, py::array::c_
     std::vector<Task> tasks;
     {
         py::gil_scoped_release release;
-        tasks = make_tasks(views, chunk, [&](int64_t i, int64_t c) {
+        // One thread gains nothing from cutting sequences (and NT cuts cost a scan).
+        tasks = make_tasks(views, resolve_threads(threads) > 1 ? chunk : 0, [&](int64_t i, int64_t c) {
             std::vector<int64_t> cuts;
             for (int64_t p = c; p < views[i].size; p += c) cuts.push_back(p);
             return cuts;

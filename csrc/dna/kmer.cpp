@@ -185,7 +185,8 @@ py::tuple kmer_encode(const py::object& seqs, int k, bool overlap,
     std::vector<Task> tasks;
     {
         py::gil_scoped_release release;
-        tasks = make_tasks(views, chunk, [&](int64_t i, int64_t c) {
+        // One thread gains nothing from cutting sequences (and NT cuts cost a scan).
+        tasks = make_tasks(views, resolve_threads(threads) > 1 ? chunk : 0, [&](int64_t i, int64_t c) {
             if (!overlap) return nt_cuts(bytes(i), views[i].size, c, cls, k, threads);
             std::vector<int64_t> cuts;  // overlapping windows: any cut (the next task reads k-1 bytes ahead)
             for (int64_t p = c; p < views[i].size; p += c) cuts.push_back(p);
