@@ -146,7 +146,8 @@ class DNABERT2(nn.Module):
                   for k, v in sd.items()}
         model = cls(config, pooler=any(k.startswith("bert.pooler.") for k in sd),
                     mlm_head=any(k.startswith("cls.") for k in sd))
-        load_strict(model, sd, source=source,
+        # position_ids / token_type_ids: buffers older transformers versions saved; recomputed here
+        load_strict(model, sd, source=source, ignore=[r"bert\.embeddings\.(position_ids|token_type_ids)"],
                     tied={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"})
         return finish_load(model, dtype, device)
 

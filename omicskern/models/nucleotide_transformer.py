@@ -155,7 +155,8 @@ class NucleotideTransformer(nn.Module):
             sd.pop("lm_head.decoder.weight", None)
             tied = {"lm_head.decoder.weight": "esm.embeddings.word_embeddings.weight"}
         model = cls(config, lm_head=any(k.startswith("lm_head.") for k in sd))
-        ignore = [r"esm\.contact_head\..*", r"esm\.pooler\..*"]
+        # contact head and pooler: unused by the encoder; position_ids: a buffer older transformers saved
+        ignore = [r"esm\.contact_head\..*", r"esm\.pooler\..*", r"esm\.embeddings\.position_ids"]
         if config.position_embedding_type == "rotary":
             ignore.append(r"esm\.embeddings\.position_embeddings\.weight")
         load_strict(model, sd, source=source, ignore=ignore, tied=tied,
