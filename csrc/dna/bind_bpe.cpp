@@ -93,9 +93,11 @@ std::shared_ptr<BpeModel> make_model(int64_t vocab_size, const std::vector<CharT
         nid[i] = static_cast<int32_t>(merge_new[i]);
         rank[i] = static_cast<int32_t>(i);
     }
-    m->pairs.build(a, b, rank, nid);
+    m->pairs.build(a, b, rank, static_cast<int32_t>(vocab_size));
     m->n_ranks = static_cast<int32_t>(nm);
     m->rank_new_id = nid;
+    m->rank_a = a;
+    m->rank_b = b;
     m->monotone = check_monotone(*m, a, b, rank, nid);
     m->pre = parse_pre(pre_tokenizer);
     m->norm = lowercase ? Norm::Lowercase : Norm::None;
@@ -107,7 +109,7 @@ std::shared_ptr<BpeModel> make_model(int64_t vocab_size, const std::vector<CharT
 
 py::tuple encode(const BpeModel& m, const py::object& seqs, int num_threads, bool return_soft_mask, bool uppercase,
                  int algo) {
-    if (algo < 0 || algo > 2) throw py::value_error("algo must be 0 (auto), 1 (heap) or 2 (bucket)");
+    if (algo < 0 || algo > 3) throw py::value_error("algo must be 0 (auto), 1 (heap), 2 (bucket) or 3 (small windows)");
     const std::vector<SeqView> views = seq_views(seqs);
     const int64_t n = static_cast<int64_t>(views.size());
     std::vector<std::vector<int32_t>> parts(static_cast<size_t>(n));
@@ -184,7 +186,8 @@ void register_bpe(py::module_& m) {
         .def("encode", &omicskern::bpe::encode, "seqs"_a, "num_threads"_a = 0, "return_soft_mask"_a = false,
              "uppercase"_a = false, "algo"_a = 0,
              "Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids.\n"
-             "algo: 0 auto, 1 binary heap (HF's algorithm), 2 bucket queue (monotone tables only).");
+             "algo: 0 auto, 1 binary heap (HF's algorithm, whole words), 2 bucket queue (monotone tables, whole\n"
+             "words), 3 auto with tiny windows (tests of the long-word path).");
     m.def("bpe_train", &omicskern::bpe::train_py, "seqs"_a, "vocab_size"_a, "special_tokens"_a, "min_frequency"_a = 0,
           "pre_tokenizer"_a = "whitespace", "initial_alphabet"_a = "", "limit_alphabet"_a = -1,
           "Trains BPE merges on a list of str/bytes. Returns (vocab list[str] by id, merges list[(id, id)]).");

@@ -46,10 +46,20 @@ inline bool heap_after(const HeapItem& a, const HeapItem& b) {
     return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos;
 }
 
+constexpr int32_t kWindow = 16384;  // symbols per window of a long word (fits L2 with its queue)
+constexpr int32_t kMargin = 1024;   // extra symbols past the cut so that the cut is a true boundary
+
+struct Sym {
+    int32_t id, prev, next;  // id -1: merged into its left neighbour
+};
+
 struct Workspace {
-    std::vector<int32_t> ids, prev, next, starts;
+    std::vector<int32_t> init, starts;  // a word's initial symbols and their byte offsets
+    std::vector<Sym> sym;  // one cache line serves a symbol's id and links
+    std::vector<std::pair<int32_t, int32_t>> toks, wtoks;  // (id, first initial symbol)
     std::vector<HeapItem> heap;
-    std::vector<int32_t> head, tail, pool_pos, pool_link, tmp;
+    std::vector<std::vector<int32_t>> buckets;  // rank -> left positions (kept across words)
+    std::vector<int32_t> tmp;
     std::vector<uint64_t> bits;
     std::vector<Segment> segs1, segs2;
     std::vector<std::pair<int64_t, int64_t>> words;
@@ -127,15 +137,14 @@ void split_added(const AddedMatcher& am, const char* s, int64_t n, std::vector<S
 }
 
 void merge_heap(const BpeModel& m, Workspace& ws, int32_t n) {
-    auto& ids = ws.ids;
-    auto& prev = ws.prev;
-    auto& next = ws.next;
+    Sym* sym = ws.sym.data();
     auto& heap = ws.heap;
     const PairTable& pt = m.pairs;
+    const int32_t* rnid = m.rank_new_id.data();
     heap.clear();
     for (int32_t i = 0; i + 1 < n; ++i) {
-        const int64_t s = pt.find(ids[i], ids[i + 1]);
-        if (s >= 0) heap.push_back({pt.ranks[s], i, pt.new_ids[s]});
+        const int32_t r = pt.find(sym[i].id, sym[i + 1].id);
+        if (r >= 0) heap.push_back({r, i, rnid[r]});
     }
     std::make_heap(heap.begin(), heap.end(), heap_after);
     while (!heap.empty()) {
@@ -143,28 +152,28 @@ void merge_heap(const BpeModel& m, Workspace& ws, int32_t n) {
         const HeapItem top = heap.back();
         heap.pop_back();
         const int32_t pos = top.pos;
-        if (ids[pos] < 0) continue;
-        const int32_t nx = next[pos];
+        if (sym[pos].id < 0) continue;  // HF: symbol already merged into its left neighbour
+        const int32_t nx = sym[pos].next;
         if (nx < 0) continue;
-        const int64_t s = pt.find(ids[pos], ids[nx]);
-        if (s < 0 || pt.new_ids[s] != top.new_id) continue;
-        ids[pos] = top.new_id;
-        ids[nx] = -1;
-        const int32_t nn = next[nx];
-        next[pos] = nn;
-        if (nn >= 0) prev[nn] = pos;
-        const int32_t pv = prev[pos];
+        const int32_t r = pt.find(sym[pos].id, sym[nx].id);
+        if (r < 0 || rnid[r] != top.new_id) continue;  // HF's staleness test (new id only)
+        sym[pos].id = top.new_id;
+        sym[nx].id = -1;
+        const int32_t nn = sym[nx].next;
+        sym[pos].next = nn;
+        if (nn >= 0) sym[nn].prev = pos;
+        const int32_t pv = sym[pos].prev;
         if (pv >= 0) {
-            const int64_t s2 = pt.find(ids[pv], ids[pos]);
-            if (s2 >= 0) {
-                heap.push_back({pt.ranks[s2], pv, pt.new_ids[s2]});
+            const int32_t r2 = pt.find(sym[pv].id, top.new_id);
+            if (r2 >= 0) {
+                heap.push_back({r2, pv, rnid[r2]});
                 std::push_heap(heap.begin(), heap.end(), heap_after);
             }
         }
         if (nn >= 0) {
-            const int64_t s2 = pt.find(ids[pos], ids[nn]);
-            if (s2 >= 0) {
-                heap.push_back({pt.ranks[s2], pos, pt.new_ids[s2]});
+            const int32_t r2 = pt.find(top.new_id, sym[nn].id);
+            if (r2 >= 0) {
+                heap.push_back({r2, pos, rnid[r2]});
                 std::push_heap(heap.begin(), heap.end(), heap_after);
             }
         }
@@ -172,76 +181,126 @@ void merge_heap(const BpeModel& m, Workspace& ws, int32_t n) {
 }
 
 void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
-    auto& ids = ws.ids;
-    auto& prev = ws.prev;
-    auto& next = ws.next;
+    Sym* sym = ws.sym.data();
     const PairTable& pt = m.pairs;
     const int32_t R = m.n_ranks;
-    if (static_cast<int32_t>(ws.head.size()) != R) {
-        ws.head.assign(R, -1);
-        ws.tail.assign(R, -1);
+    if (static_cast<int32_t>(ws.buckets.size()) != R) {
+        ws.buckets.assign(R, {});
         ws.bits.assign((R + 63) / 64, 0);
     }
-    int32_t* head = ws.head.data();
-    int32_t* tail = ws.tail.data();
+    auto* buckets = ws.buckets.data();
     uint64_t* bits = ws.bits.data();
     const int64_t nwords = static_cast<int64_t>(ws.bits.size());
-    auto& pool_pos = ws.pool_pos;
-    auto& pool_link = ws.pool_link;
-    pool_pos.clear();
-    pool_link.clear();
     auto push = [&](int32_t rank, int32_t pos) {
-        const int32_t e = static_cast<int32_t>(pool_pos.size());
-        pool_pos.push_back(pos);
-        pool_link.push_back(-1);
-        if (head[rank] < 0) {
-            head[rank] = e;
-            bits[rank >> 6] |= 1ull << (rank & 63);
-        } else {
-            pool_link[tail[rank]] = e;
-        }
-        tail[rank] = e;
+        if (buckets[rank].empty()) bits[rank >> 6] |= 1ull << (rank & 63);
+        buckets[rank].push_back(pos);
     };
     for (int32_t i = 0; i + 1 < n; ++i) {
-        const int64_t s = pt.find(ids[i], ids[i + 1]);
-        if (s >= 0) push(pt.ranks[s], i);
+        const int32_t r = pt.find(sym[i].id, sym[i + 1].id);
+        if (r >= 0) push(r, i);
     }
     auto& tmp = ws.tmp;
+    const int32_t* rank_a = m.rank_a.data();
+    const int32_t* rank_b = m.rank_b.data();
     int64_t w = 0;
     while (true) {
         while (w < nwords && bits[w] == 0) ++w;
         if (w >= nwords) break;
         const int32_t r = static_cast<int32_t>(w * 64 + __builtin_ctzll(bits[w]));
         bits[w] &= bits[w] - 1;
-        tmp.clear();
-        for (int32_t e = head[r]; e >= 0; e = pool_link[e]) tmp.push_back(pool_pos[e]);
-        head[r] = -1;
+        tmp.swap(buckets[r]);
+        buckets[r].clear();
         // Pushes arrive in runs that are each sorted; most buckets are sorted already.
         if (!std::is_sorted(tmp.begin(), tmp.end())) std::sort(tmp.begin(), tmp.end());
-        const int32_t new_id = m.rank_new_id[r];
+        const int32_t new_id = m.rank_new_id[r], a = rank_a[r], b = rank_b[r];
         for (const int32_t pos : tmp) {
-            if (ids[pos] < 0) continue;
-            const int32_t nx = next[pos];
+            const int32_t left = sym[pos].id;
+            if (left < 0) continue;
+            const int32_t nx = sym[pos].next;
             if (nx < 0) continue;
-            const int64_t s = pt.find(ids[pos], ids[nx]);
-            if (s < 0 || pt.new_ids[s] != new_id) continue;
-            ids[pos] = new_id;
-            ids[nx] = -1;
-            const int32_t nn = next[nx];
-            next[pos] = nn;
-            if (nn >= 0) prev[nn] = pos;
-            const int32_t pv = prev[pos];
+            if (left != a || sym[nx].id != b) {
+                // HF's staleness test compares new ids only: another pair with the same new id counts.
+                const int32_t r2 = pt.find(left, sym[nx].id);
+                if (r2 < 0 || m.rank_new_id[r2] != new_id) continue;
+            }
+            sym[pos].id = new_id;
+            sym[nx].id = -1;
+            const int32_t nn = sym[nx].next;
+            sym[pos].next = nn;
+            if (nn >= 0) sym[nn].prev = pos;
+            const int32_t pv = sym[pos].prev;
             // Monotone table: these ranks are > r, so the sweep has not passed them.
             if (pv >= 0) {
-                const int64_t s2 = pt.find(ids[pv], new_id);
-                if (s2 >= 0) push(pt.ranks[s2], pv);
+                const int32_t r2 = pt.find(sym[pv].id, new_id);
+                if (r2 >= 0) push(r2, pv);
             }
             if (nn >= 0) {
-                const int64_t s2 = pt.find(new_id, ids[nn]);
-                if (s2 >= 0) push(pt.ranks[s2], pos);
+                const int32_t r2 = pt.find(new_id, sym[nn].id);
+                if (r2 >= 0) push(r2, pos);
             }
         }
+        tmp.clear();
     }
+}
+
+// Runs the merges on the initial symbols init[0, n) (ws.sym holds the result as a linked list
+// from position 0).
+void run_merges(const BpeModel& m, Workspace& ws, const int32_t* init, int32_t n, int algo) {
+    if (static_cast<int32_t>(ws.sym.size()) < n) ws.sym.resize(static_cast<size_t>(n));
+    Sym* sym = ws.sym.data();
+    for (int32_t i = 0; i < n; ++i) sym[i] = {init[i], i - 1, i + 1};
+    sym[n - 1].next = -1;
+    if (n < 2) return;
+    const bool bucket = algo == 2 || (algo == 0 && n >= 48);
+    if (bucket && m.monotone) merge_bucket(m, ws, n);
+    else merge_heap(m, ws, n);
+}
+
+// Long words (a whole chromosome is one word) in cache-sized windows, exactly.
+//
+// For a monotone table a token sequence is THE BPE encoding of its string iff every two adjacent
+// tokens are "compatible": encoding their concatenation alone gives back exactly those two tokens
+// (a merge across their boundary would have to happen first in that pair alone). Tokens of one
+// window's encoding are pairwise compatible, so the windows' tokens, cut at a token boundary well
+// inside each window, form the encoding of the word as soon as each seam between windows passes
+// the compatibility test, which is checked here. A failed test (a boundary that only exists in the
+// window, e.g. inside a long homopolymer) returns false: the caller encodes the word in one piece.
+bool merge_windows(const BpeModel& m, Workspace& ws, const int32_t* init, int32_t n, int algo, int32_t window,
+                   int32_t margin) {
+    auto& toks = ws.toks;
+    auto& wt = ws.wtoks;
+    int32_t cur = 0;
+    while (cur < n) {
+        const int32_t e = static_cast<int32_t>(std::min<int64_t>(n, static_cast<int64_t>(cur) + window + margin));
+        run_merges(m, ws, init + cur, e - cur, algo);
+        wt.clear();
+        for (int32_t pos = 0; pos >= 0; pos = ws.sym[pos].next) wt.emplace_back(ws.sym[pos].id, cur + pos);
+        size_t take = wt.size();
+        int32_t next_cur = n;
+        if (e < n) {
+            take = 0;
+            for (size_t k = wt.size(); k-- > 1;)
+                if (wt[k].second <= cur + window) {
+                    take = k;
+                    break;
+                }
+            if (take == 0) return false;  // one token spans the whole window
+            next_cur = wt[take].second;
+        }
+        if (!toks.empty()) {  // seam test: (last kept token, first token of this window)
+            const int32_t a = toks.back().second, b = wt[0].second;
+            const int32_t c = wt.size() > 1 ? wt[1].second : e;
+            run_merges(m, ws, init + a, c - a, algo);
+            const Sym* sym = ws.sym.data();
+            const int32_t second = sym[0].next;
+            if (sym[0].id != toks.back().first || second != b - a || sym[second].id != wt[0].first ||
+                sym[second].next != -1)
+                return false;
+        }
+        toks.insert(toks.end(), wt.begin(), wt.begin() + static_cast<std::ptrdiff_t>(take));
+        cur = next_cur;
+    }
+    return true;
 }
 
 // HF BPE::merge_word + Word::merge_all on one pre-tokenized word w[0, len), whose first byte is
@@ -251,14 +310,32 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
     if (len <= 0) return;
     if (len > INT32_MAX - 2)
         throw std::length_error("sequence " + std::to_string(index) + ": a single BPE word longer than 2^31 bytes");
-    auto& ids = ws.ids;
-    auto& starts = ws.starts;
     const bool track = soft != nullptr;
-    ids.clear();
-    starts.clear();
-    int32_t pend = -1, pend_start = 0;  // pending unk symbol (HF's `unk`)
+    // At most one symbol per byte: size once, never shrink (no per-word clearing).
+    if (static_cast<int64_t>(ws.init.size()) < len) ws.init.resize(static_cast<size_t>(len));
+    if (track && static_cast<int64_t>(ws.starts.size()) < len) ws.starts.resize(static_cast<size_t>(len));
+    int32_t* sy = ws.init.data();
+    int32_t* starts = ws.starts.data();
+    int32_t n = 0;
+    auto add = [&](int32_t id, int32_t start) {
+        sy[n] = id;
+        if (track) starts[n] = start;
+        ++n;
+    };
     const auto* u = reinterpret_cast<const unsigned char*>(w);
-    for (int64_t i = 0; i < len;) {
+    int64_t i = 0;
+    if (!m.has_affix) {  // fast path: a run of known ASCII characters (DNA)
+        const int32_t* tab = m.ascii[0];
+        for (; i < len; ++i) {
+            const unsigned char c = u[i];
+            if (c >= 0x80 || tab[c] < 0) break;
+            sy[n] = tab[c];
+            if (track) starts[n] = static_cast<int32_t>(i);
+            ++n;
+        }
+    }
+    int32_t pend = -1, pend_start = 0;  // pending unk symbol (HF's `unk`)
+    while (i < len) {
         const unsigned char c = u[i];
         uint32_t cp = c;
         int clen = 1;
@@ -279,59 +356,47 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
         i += clen;
         if (id >= 0) {
             if (pend >= 0) {
-                ids.push_back(pend);
-                if (track) starts.push_back(pend_start);
+                add(pend, pend_start);
                 pend = -1;
             }
-            ids.push_back(id);
-            if (track) starts.push_back(start);
+            add(id, start);
             continue;
         }
         if (m.byte_fallback) {
             bool all = true;
             for (int k = 0; k < clen; ++k) all = all && m.byte_ids[u[start + k]] >= 0;
             if (all) {  // HF adds the byte tokens without flushing a pending unk
-                for (int k = 0; k < clen; ++k) {
-                    ids.push_back(m.byte_ids[u[start + k]]);
-                    if (track) starts.push_back(start + k);
-                }
+                for (int k = 0; k < clen; ++k) add(m.byte_ids[u[start + k]], start + k);
                 continue;
             }
         }
         if (m.unk_id >= 0) {
             if (pend >= 0 && m.fuse_unk) continue;
-            if (pend >= 0) {
-                ids.push_back(pend);
-                if (track) starts.push_back(pend_start);
-            }
+            if (pend >= 0) add(pend, pend_start);
             pend = m.unk_id;
             pend_start = start;
         }
     }
-    if (pend >= 0) {
-        ids.push_back(pend);
-        if (track) starts.push_back(pend_start);
-    }
-    const int32_t n = static_cast<int32_t>(ids.size());
+    if (pend >= 0) add(pend, pend_start);
     if (n == 0) return;
-    ws.prev.resize(n);
-    ws.next.resize(n);
-    for (int32_t i = 0; i < n; ++i) {
-        ws.prev[i] = i - 1;
-        ws.next[i] = i + 1 < n ? i + 1 : -1;
+    auto& toks = ws.toks;
+    toks.clear();
+    // algo 3 (tests): tiny windows, so that short inputs exercise the seams and the fallback.
+    const int32_t window = algo == 3 ? 64 : kWindow, margin = algo == 3 ? 16 : kMargin;
+    const int engine = algo == 3 ? 0 : algo;
+    if (!(m.monotone && (algo == 0 || algo == 3) && n > window + margin &&
+          merge_windows(m, ws, sy, n, engine, window, margin))) {
+        toks.clear();
+        run_merges(m, ws, sy, n, engine);
+        for (int32_t pos = 0; pos >= 0; pos = ws.sym[pos].next) toks.emplace_back(ws.sym[pos].id, pos);
     }
-    if (n >= 2) {
-        const bool bucket = algo == 2 || (algo == 0 && m.monotone && n >= 48);
-        if (bucket && m.monotone) merge_bucket(m, ws, n);
-        else merge_heap(m, ws, n);
-    }
-    for (int32_t pos = 0; pos >= 0; pos = ws.next[pos]) {
-        out.push_back(ids[pos]);
+    for (size_t k = 0; k < toks.size(); ++k) {
+        out.push_back(toks[k].first);
         if (track) {
-            const int64_t a = base + starts[pos];
-            const int64_t b = base + (ws.next[pos] >= 0 ? starts[ws.next[pos]] : len);
+            const int64_t a = base + starts[toks[k].second];
+            const int64_t b = base + (k + 1 < toks.size() ? starts[toks[k + 1].second] : len);
             uint8_t lower = 0;
-            for (int64_t k = a; k < b; ++k) lower |= (orig[k] >= 'a' && orig[k] <= 'z');
+            for (int64_t q = a; q < b; ++q) lower |= (orig[q] >= 'a' && orig[q] <= 'z');
             soft->push_back(lower);
         }
     }
@@ -370,25 +435,30 @@ int word_class(uint32_t cp) {
 bool is_white(uint32_t cp) { return in_ranges(bpe_unicode::kWhite, bpe_unicode::kWhite_n, cp); }
 
 void PairTable::build(const std::vector<int32_t>& a, const std::vector<int32_t>& b, const std::vector<int32_t>& rank,
-                      const std::vector<int32_t>& new_id) {
+                      int32_t vocab_size) {
     uint64_t cap = 16;
     int bits = 4;
     while (cap < 2 * a.size() + 2) {
         cap <<= 1;
         ++bits;
     }
-    keys.assign(cap, kEmpty);
-    ranks.assign(cap, -1);
-    new_ids.assign(cap, -1);
+    table.assign(cap, Entry{kEmpty, -1, 0});
     mask = cap - 1;
     shift = 64 - bits;
     for (size_t i = 0; i < a.size(); ++i) {
         const uint64_t k = key(a[i], b[i]);
         uint64_t h = (k * 0x9E3779B97F4A7C15ull) >> shift;
-        while (keys[h] != kEmpty && keys[h] != k) h = (h + 1) & mask;
-        keys[h] = k;  // a later duplicate overwrites, as HF's HashMap collect does
-        ranks[h] = rank[i];
-        new_ids[h] = new_id[i];
+        while (table[h].key != kEmpty && table[h].key != k) h = (h + 1) & mask;
+        table[h].key = k;
+        table[h].rank = rank[i];
+    }
+    dense_n = 0;
+    dense.clear();
+    if (a.size() < 32767) {  // ranks fit int16
+        dense_n = std::min<int32_t>(vocab_size, 256);
+        dense.assign(static_cast<size_t>(dense_n) * dense_n, -1);
+        for (size_t i = 0; i < a.size(); ++i)
+            if (a[i] < dense_n && b[i] < dense_n) dense[static_cast<size_t>(a[i]) * dense_n + b[i]] = static_cast<int16_t>(rank[i]);
     }
 }
 
@@ -414,8 +484,7 @@ bool check_monotone(const BpeModel& m, const std::vector<int32_t>& a, const std:
     // Only merges that survive in the pair table count (HF keeps the last of duplicate pairs).
     std::vector<int32_t> max_prod(m.vocab_size, -1), min_cons(m.vocab_size, INT32_MAX);
     for (size_t i = 0; i < a.size(); ++i) {
-        const int64_t s = m.pairs.find(a[i], b[i]);
-        if (s < 0 || m.pairs.ranks[s] != rank[i]) continue;
+        if (m.pairs.find(a[i], b[i]) != rank[i]) continue;
         max_prod[new_id[i]] = std::max(max_prod[new_id[i]], rank[i]);
         min_cons[a[i]] = std::min(min_cons[a[i]], rank[i]);
         min_cons[b[i]] = std::min(min_cons[b[i]], rank[i]);

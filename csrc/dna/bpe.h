@@ -12,28 +12,39 @@
 namespace omicskern {
 namespace bpe {
 
-// (left id, right id) -> slot in flat arrays (rank, new id). Open addressing, linear probing:
-// a DNA vocabulary's ~4k merges fit in ~100 kB, so lookups stay in L2.
+// (left id, right id) -> merge rank. Open addressing with linear probing, one 16-byte entry per
+// slot (a probe is one cache line); pairs of small ids (the early, most frequent merges) skip the
+// hash through a dense int16 table that stays in L2.
 struct PairTable {
-    std::vector<uint64_t> keys;
-    std::vector<int32_t> ranks, new_ids;
+    struct Entry {
+        uint64_t key;
+        int32_t rank;
+        int32_t unused;
+    };
+    std::vector<Entry> table;
     uint64_t mask = 0;
     int shift = 63;
+    std::vector<int16_t> dense;
+    int32_t dense_n = 0;
     static constexpr uint64_t kEmpty = ~0ull;
 
     static inline uint64_t key(int32_t a, int32_t b) {
         return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
     }
+    // rank[i] of pair (a[i], b[i]); a later duplicate pair overwrites an earlier one (as HF's HashMap).
     void build(const std::vector<int32_t>& a, const std::vector<int32_t>& b, const std::vector<int32_t>& rank,
-               const std::vector<int32_t>& new_id);
-    // Slot of (a, b) or -1.
-    inline int64_t find(int32_t a, int32_t b) const {
+               int32_t vocab_size);
+    // Rank of (a, b), -1 when it is no merge.
+    inline int32_t find(int32_t a, int32_t b) const {
+        if (static_cast<uint32_t>(a) < static_cast<uint32_t>(dense_n) &&
+            static_cast<uint32_t>(b) < static_cast<uint32_t>(dense_n))
+            return dense[static_cast<size_t>(a) * dense_n + b];
         const uint64_t k = key(a, b);
         uint64_t h = (k * 0x9E3779B97F4A7C15ull) >> shift;
         for (;;) {
-            const uint64_t kk = keys[h];
-            if (kk == k) return static_cast<int64_t>(h);
-            if (kk == kEmpty) return -1;
+            const Entry& e = table[h];
+            if (e.key == k) return e.rank;
+            if (e.key == kEmpty) return -1;
             h = (h + 1) & mask;
         }
     }
@@ -77,6 +88,7 @@ struct BpeModel {
     int32_t byte_ids[256];
     PairTable pairs;
     std::vector<int32_t> rank_new_id;  // rank -> new id (-1 for ranks lost to duplicate merges)
+    std::vector<int32_t> rank_a, rank_b;  // rank -> its pair
     int32_t n_ranks = 0;
     bool monotone = false;  // every merge producing c ranks below every merge consuming c
     PreTok pre = PreTok::None;
@@ -86,7 +98,8 @@ struct BpeModel {
 };
 
 // Encodes sequence `index` (bytes [p, p+n)) into out (ids) and soft (1 where the token covers a
-// lower-case ASCII letter of the input; only when soft != nullptr). algo: 0 auto, 1 heap, 2 bucket.
+// lower-case ASCII letter of the input; only when soft != nullptr). algo: 0 auto, 1 heap (whole
+// words), 2 bucket queue (whole words), 3 auto with tiny windows (tests).
 // uppercase: opt-in, ASCII a-z -> A-Z before anything else (added tokens included).
 void encode_sequence(const BpeModel& m, const char* p, int64_t n, int64_t index, int algo, bool uppercase,
                      std::vector<int32_t>& out, std::vector<uint8_t>* soft);

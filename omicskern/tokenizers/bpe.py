@@ -24,7 +24,7 @@ from omicskern.tokenizers.hf_json import BpeSpec, build_tokenizer_json, parse_to
 __all__ = ["BPETokenizer"]
 
 _FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".fa.gz", ".fasta.gz", ".fna.gz", ".fas.gz")
-_ALGOS = {"auto": 0, "heap": 1, "bucket": 2}
+_ALGOS = {"auto": 0, "heap": 1, "bucket": 2, "small_windows": 3}
 
 
 def _read_fasta(path: str | os.PathLike, uppercase: bool, chunk_length: int | None) -> Iterator[str]:
@@ -101,7 +101,7 @@ class BPETokenizer(SequenceTokenizer):
         else:
             pad = (spec.data.get("padding") or {}).get("pad_id")
             self.pad_token_id = spec.vocab.get("[PAD]", pad if isinstance(pad, int) else 0)
-        self.algorithm = "auto"  # "heap" / "bucket": force one merge engine (testing)
+        self.algorithm = "auto"  # "heap" / "bucket" / "small_windows": force one engine (tests)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
