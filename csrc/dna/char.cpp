@@ -56,7 +56,8 @@ py::tuple char_encode(const py::object& seqs, py::array_t<int32_t, py::array::c_
             }
             if (sm)
                 for (int64_t i = 0; i < n; ++i) sm[i] = is_lower(s[b + i]) ? 1 : 0;
-        });
+        },
+        /*cheap_count=*/true);
 }
 
 }  // namespace dna

@@ -96,9 +96,10 @@ struct Specials {
 
 // Runs count + write over tasks. Counter: int64_t(const Task&). Writer: void(const Task&,
 // int32_t* out, uint8_t* soft_or_null). Returns (ids, offsets, soft|None). GIL released inside.
+// cheap_count: the counter is O(1) per task (char), so it runs on the calling thread.
 template <class Counter, class Writer>
 py::tuple run_tasks(const std::vector<Task>& tasks, int64_t n_seqs, bool want_soft, int threads,
-                    const Specials& sp, Counter&& count, Writer&& write) {
+                    const Specials& sp, Counter&& count, Writer&& write, bool cheap_count = false) {
     const int64_t nt = static_cast<int64_t>(tasks.size());
     const int64_t p = static_cast<int64_t>(sp.prefix.size()), s = static_cast<int64_t>(sp.suffix.size());
     std::vector<int64_t> task_off(static_cast<size_t>(nt + 1), 0);
@@ -112,8 +113,10 @@ py::tuple run_tasks(const std::vector<Task>& tasks, int64_t n_seqs, bool want_so
         for (const Task& t : tasks) total_bytes += t.end - t.begin;
         const int64_t avg = nt ? std::max<int64_t>(1, total_bytes / nt) : 1;
         const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(256, (64 << 10) / avg));
+        // Under ~1 MB a single thread finishes before a thread hand-off would pay off.
+        if (total_bytes < (1 << 20)) threads = 1;
         std::vector<int64_t> counts(static_cast<size_t>(nt));
-        parallel_for(nt, threads, [&](int64_t t) { counts[t] = count(tasks[t]); }, grain);
+        parallel_for(nt, cheap_count ? 1 : threads, [&](int64_t t) { counts[t] = count(tasks[t]); }, grain);
         // Tasks of one sequence are contiguous and every sequence has at least one.
         int64_t pos = 0;
         for (int64_t t = 0; t < nt; ++t) {

@@ -178,9 +178,9 @@ def test_zero_copy_to_torch(make):
 def test_threads_give_identical_results(make):
     rng = np.random.default_rng(7)
     seqs = ["".join(rng.choice(list("ACGTNacgt"), n)) for n in rng.integers(0, 3000, 40)]
-    seqs.append("".join(rng.choice(list("ACGTN"), 200_003)))
+    seqs.append("".join(rng.choice(list("ACGTN"), 1_200_003)))  # > 1 MB in all: really parallel
     tok = make()
-    tok._chunk = 4096  # the long sequence is cut into ~50 tasks
+    tok._chunk = 16384  # the long sequence is cut into ~70 tasks
     one = tok.encode_batch(seqs, padding=False, num_threads=1, return_soft_mask=True)
     for threads in (2, 0):
         other = tok.encode_batch(seqs, padding=False, num_threads=threads, return_soft_mask=True)
@@ -193,7 +193,7 @@ def test_threads_give_identical_results(make):
 
 @pytest.mark.parametrize("make", TOKENIZERS)
 def test_first_error_whatever_the_threads(make):
-    seqs = ["ACGT" * 5000] * 20
+    seqs = ["ACGT" * 20000] * 20  # 1.6 MB: large enough to run on several threads
     seqs[7] = seqs[7][:9000] + "X" + seqs[7][9001:]
     seqs[12] = "X" + seqs[12][1:]
     tok = make()
