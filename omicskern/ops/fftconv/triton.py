@@ -118,9 +118,16 @@ def filter_spectrum(k: torch.Tensor, bias, offset: int, pl: dict) -> torch.Tenso
     if bias is not None:
         kk = kk.clone() if kk is k else kk
         kk[..., offset] += bias.to(torch.float32)
-    K = torch.fft.fft(kk.reshape(-1, kk.shape[-1]), n=N) / N
-    K = K[:, _spectrum_index(N, tuple(pl["Ps"]), pl["N1"], pl["N2"], k.device)]
-    return torch.stack([K.real, K.imag], dim=1).contiguous()
+    kk = kk.reshape(-1, kk.shape[-1])
+    idx = _spectrum_index(N, tuple(pl["Ps"]), pl["N1"], pl["N2"], k.device)
+    out = torch.empty(kk.shape[0], 2, N, dtype=torch.float32, device=k.device)
+    # in row chunks: the complex spectrum and its gathered copy stay small next to `out`
+    step = max(1, (64 << 20) // (16 * N))
+    for r0 in range(0, kk.shape[0], step):
+        K = torch.fft.fft(kk[r0:r0 + step], n=N).mul_(1.0 / N)[:, idx]
+        out[r0:r0 + step, 0] = K.real
+        out[r0:r0 + step, 1] = K.imag
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +187,7 @@ def _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1: tl.constexpr, N2: tl.constexpr
 def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f2_ptr, tw_ptr,
                          H, L, in_off, out_off, spec_bstride,
                          N1: tl.constexpr, N2: tl.constexpr, HAS_XMUL: tl.constexpr,
-                         HAS_OMUL: tl.constexpr, PREC: tl.constexpr):
+                         HAS_OMUL: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
     """One (b, h) row: out[t] = omul[t] * (irfft(rfft(x*xmul placed at in_off) * spec))[out_off + t]."""
     row = tl.program_id(0)
     b = row // H
@@ -195,6 +202,8 @@ def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f
     yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
     sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * N1 * N2)
     kr, ki = _load_mat(sp, N1, N2, N1 * N2)
+    if CONJ:  # correlation (backward) = convolution with the conjugate spectrum
+        ki = -ki
     zr = yr * kr - yi * ki
     zi = yr * ki + yi * kr
     y, _ = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
@@ -304,7 +313,7 @@ def _fft_conv_outer_cinv_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.conste
 @triton.jit
 def _fft_conv_inner_kernel(bufr_ptr, bufi_ptr, spec_ptr, f1_ptr, f2_ptr, tw_ptr, H, row0,
                            spec_bstride, P: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
-                           MODE: tl.constexpr, PREC: tl.constexpr):
+                           MODE: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
     """Row (local), k_p (over all outer levels, P = their product), in place. MODE 0: inner
     M-point FFT, times the filter spectrum, inverse; 1: forward FFT only; 2: inverse only."""
     row = tl.program_id(0)
@@ -321,6 +330,8 @@ def _fft_conv_inner_kernel(bufr_ptr, bufi_ptr, spec_ptr, f1_ptr, f2_ptr, tw_ptr,
         h = grow % H
         sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * P * N1 * N2) + kp * (N1 * N2)
         kr, ki = _load_mat(sp, N1, N2, P * N1 * N2)
+        if CONJ:
+            ki = -ki
         yr = zr * kr - zi * ki
         zi = zr * ki + zi * kr
         zr = yr
@@ -363,7 +374,7 @@ def _prec(device) -> str:
     return "tf32x3" if device.type == "cuda" else "ieee"
 
 
-def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched):
+def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched, conj=False):
     """out = omul * window(irfft(rfft(frame(x * xmul, in_off)) * spec), out_off); x: [B, H, L]."""
     B, H, L = x.shape
     dev = x.device
@@ -383,7 +394,7 @@ def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched)
             x, xmul if xmul is not None else x, spec, out, omul if omul is not None else x,
             _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, N, dev),
             H, L, in_off, out_off, spec_bstride, N1=N1, N2=N2, HAS_XMUL=xmul is not None,
-            HAS_OMUL=omul is not None, PREC=prec, num_warps=8 if N >= 2048 else 4)
+            HAS_OMUL=omul is not None, CONJ=conj, PREC=prec, num_warps=8 if N >= 2048 else 4)
         return out
     chunk = max(1, min(rows, SCRATCH_BYTES // (8 * N)))
     xf, of = x.view(rows, L), out.view(rows, L)
@@ -393,7 +404,7 @@ def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched)
     for r0 in range(0, rows, chunk):
         r1 = min(rows, r0 + chunk)
         ml.forward(xf[r0:r1], xm[r0:r1] if xm is not None else None, in_off, ml.bufr, ml.bufi)
-        ml.inner(r1 - r0, 0, ml.bufr, ml.bufi, spec, H, r0, spec_bstride)
+        ml.inner(r1 - r0, 0, ml.bufr, ml.bufi, spec, H, r0, spec_bstride, conj)
         ml.inverse(r1 - r0, ml.bufr, ml.bufi, of[r0:r1], om[r0:r1] if om is not None else None, out_off)
     return out
 
@@ -435,13 +446,13 @@ class _MultiLevel:
         if inner:
             self.inner(n, 1, bufr, bufi)
 
-    def inner(self, n, mode, bufr, bufi, spec=None, H=1, r0=0, spec_bstride=0):
+    def inner(self, n, mode, bufr, bufi, spec=None, H=1, r0=0, spec_bstride=0, conj=False):
         pl = self.pl
         f1, f2, twi = self.inner_mats
         nseq = pl["N"] // pl["M"]
         _fft_conv_inner_kernel[(n, nseq)](
             bufr, bufi, spec if spec is not None else bufr, f1, f2, twi, H, r0, spec_bstride,
-            P=nseq, N1=pl["N1"], N2=pl["N2"], MODE=mode, PREC=self.prec, num_warps=4)
+            P=nseq, N1=pl["N1"], N2=pl["N2"], MODE=mode, CONJ=conj, PREC=self.prec, num_warps=4)
 
     def inverse(self, n, bufr, bufi, out2d, omul2d, out_off, inner=False):
         """(With ``inner``: the inner inverse FFT, then) the outer levels backwards, the last one
@@ -526,9 +537,8 @@ def fft_conv_bwd(dy, u, k, bias, gate, causal, needs):
     if need_u or need_gate:
         spec = filter_spectrum(k, bias, offset, pl)
         if need_u:
-            cspec = spec.clone()
-            cspec[:, 1].neg_()  # correlation with k == convolution with conj(spectrum)
-            du = _pipeline(dy, gate, cspec, None, offset, 0, pl, u.dtype, k.dim() == 3)
+            # correlation with k == convolution with conj(spectrum)
+            du = _pipeline(dy, gate, spec, None, offset, 0, pl, u.dtype, k.dim() == 3, conj=True)
         if need_gate:
             dgate = _pipeline(u, None, spec, dy, 0, offset, pl, gate.dtype, k.dim() == 3)
     if need_k or need_bias:
