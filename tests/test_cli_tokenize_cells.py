@@ -1,0 +1,89 @@
+"""``omicskern tokenize-cells``: end to end on the small 10x file, both methods, and its errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from omicskern.cli import main
+from omicskern.tokenizers import BinnedValueTokenizer, RankValueTokenizer
+from omicskern.tokenizers.cells_result import CellTokens
+
+
+@pytest.fixture()
+def pbmc(data_dir):
+    return data_dir / "sc" / "pbmc_10x_v3_small.h5ad"
+
+
+def _geneformer_files(tmp_path, a):
+    tokens = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3}
+    medians = {}
+    rng = np.random.default_rng(0)
+    for k in a.var["ensembl_id"][::2]:
+        tokens[k] = len(tokens)
+        medians[k] = float(rng.uniform(0.5, 3))
+    with open(tmp_path / "token_dictionary.pkl", "wb") as f:
+        pickle.dump(tokens, f)
+    with open(tmp_path / "gene_median_dictionary.pkl", "wb") as f:
+        pickle.dump(medians, f)
+    return tokens, medians
+
+
+def test_rank_npz(tmp_path, pbmc, capsys):
+    a = ad.read_h5ad(pbmc)
+    tokens, medians = _geneformer_files(tmp_path, a)
+    rc = main(["tokenize-cells", str(pbmc), "--method", "rank", "--token-dict", str(tmp_path / "token_dictionary.pkl"),
+               "--gene-medians", str(tmp_path / "gene_median_dictionary.pkl"), "--preset", "V2",
+               "--chunk-size", "200", "--out", str(tmp_path / "out.npz"), "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "of 1,107 cells tokenized" in err and "254 of 507 matched" in err and "with no gene in the dictionary" in err
+    got = CellTokens.load_npz(tmp_path / "out.npz")
+    ref = RankValueTokenizer(tokens, medians, preset="V2").tokenize(a)
+    np.testing.assert_array_equal(got.input_ids, ref.input_ids)
+    np.testing.assert_array_equal(got.offsets, ref.offsets)
+    np.testing.assert_array_equal(got.obs_names, np.asarray(a.obs_names)[ref.obs_index])
+
+
+def test_bin_dataset(tmp_path, pbmc, capsys):
+    pytest.importorskip("datasets")
+    a = ad.read_h5ad(pbmc)
+    vocab = {"<pad>": 0, "<cls>": 1}
+    for s in a.var["gene_symbol"]:
+        vocab.setdefault(s, len(vocab))
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    rc = main(["tokenize-cells", str(pbmc), "--method", "bin", "--vocab", str(tmp_path / "vocab.json"),
+               "--gene-column", "gene_symbol", "--tie-break", "random", "--seed", "4", "--max-len", "16",
+               "--out", str(tmp_path / "out.dataset"), "--no-progress"])
+    assert rc == 0
+    import datasets
+
+    ds = datasets.load_from_disk(str(tmp_path / "out.dataset"))
+    ref = BinnedValueTokenizer(vocab, gene_column="gene_symbol", tie_break="random", seed=4, max_len=16).tokenize(a)
+    assert ds.num_rows == len(ref)
+    assert ds["length"] == ref.lengths.tolist()
+    assert ds["input_ids"][5] == ref[5].tolist() and ds["values"][5] == ref.values_of(5).tolist()
+
+
+def test_errors_are_reported_not_raised(tmp_path, pbmc, capsys):
+    rc = main(["tokenize-cells", str(pbmc), "--method", "rank", "--out", str(tmp_path / "o.npz")])
+    assert rc == 2 and "needs --token-dict" in capsys.readouterr().err
+    a = ad.read_h5ad(pbmc)
+    _geneformer_files(tmp_path, a)
+    rc = main(["tokenize-cells", str(pbmc), "--method", "rank", "--token-dict", str(tmp_path / "token_dictionary.pkl"),
+               "--gene-medians", str(tmp_path / "gene_median_dictionary.pkl"), "--gene-column", "gene_ids",
+               "--out", str(tmp_path / "o.npz"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "adata.var has no column 'gene_ids' (columns: ensembl_id, gene_symbol, feature_type)" in err
+
+
+def test_subprocess_help():
+    r = subprocess.run([sys.executable, "-m", "omicskern", "tokenize-cells", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "--method" in r.stdout
