@@ -38,3 +38,26 @@ def dna_kmer_encode(seqs: list | tuple, k: int, overlap: bool, cls_lut: npt.NDAr
 
 # --- single cell: rank-value and binning (csrc/cells/bind_cells.cpp) ------------------------
 # (section: cells)
+# CSR rows: row r is indptr[r]-base .. indptr[r+1]-base of indices/data; indptr/indices int32|int64,
+# data float32|float64|int32|int64. Bad counts raise omicskern.errors.InvalidCountsError with
+# .row (position among the selected rows), .column, .value, .kind.
+def cells_rank_value(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int,
+                     col_slot: npt.NDArray[np.int32], slot_token: npt.NDArray[np.int32],
+                     slot_median: npt.NDArray[np.float64], totals: npt.NDArray[np.float64] | None = None,
+                     rows: npt.NDArray[np.int64] | None = None, base: int = 0, max_genes: int = 2048,
+                     cls_id: int = -1, eos_id: int = -1, target_sum: float = 10000.0, skip_empty: bool = True,
+                     slot_col: npt.NDArray[np.int32] | None = None, num_threads: int = 0) -> dict[str, np.ndarray]:
+    """Geneformer rank-value encoding: {ids int32 [T], offsets int64 [N+1], out_rows int64 [N],
+    n_detected int64 [S], totals float64 [S], non_integer uint8 [S]} (S selected rows)."""
+def cells_bin_count(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int,
+                    col_token: npt.NDArray[np.int32], rows: npt.NDArray[np.int64] | None = None, base: int = 0,
+                    num_threads: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """Kept nonzero genes per selected row, and non-integer flags."""
+def cells_bin_values(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n_cols: int,
+                     col_token: npt.NDArray[np.int32], quantiles: npt.NDArray[np.float64],
+                     rands: npt.NDArray[np.float64] | None = None, rows: npt.NDArray[np.int64] | None = None,
+                     base: int = 0, max_len: int = 0, truncate: str = "sample", seed: int = 0,
+                     global_rows: npt.NDArray[np.int64] | None = None, cls_id: int = -1, cls_value: int = 0,
+                     skip_empty: bool = True, num_threads: int = 0) -> dict[str, np.ndarray]:
+    """scGPT value binning: {ids int32 [T], values int32 [T], offsets int64 [N+1], out_rows int64 [N],
+    n_detected int64 [S], non_integer uint8 [S]}."""
