@@ -293,3 +293,17 @@ def test_hyenadna_filter_from_fixture(shared_dir, backend, H):
     assert_close_scaled(y, ref, F32, "y")
     dy = torch.randn(2, H, k.shape[-1], generator=g)
     assert_close_scaled(torch.autograd.grad(y, u, dy)[0], torch.autograd.grad(ref, u, dy.double())[0], F32, "du")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_strided_inputs(backend):
+    """u and gate as channel slices of one [B, 3H, L] projection (Hyena's layout), no copies needed."""
+    g = torch.Generator().manual_seed(8)
+    B, H, L = 2, 3, 50
+    proj = torch.randn(B, 3 * H, L, generator=g)
+    gate, _, u = proj.split(H, dim=1)
+    assert not u.is_contiguous()
+    k = torch.randn(H, L, generator=g) / L ** 0.5
+    b = torch.randn(H, generator=g)
+    y = fft_conv(u, k, b, gate=gate, backend=backend)
+    assert_close_scaled(y, fft_conv_ref(u.contiguous(), k, b, gate.contiguous()), F32, "y")

@@ -185,20 +185,25 @@ def _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1: tl.constexpr, N2: tl.constexpr
 
 @triton.jit
 def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f2_ptr, tw_ptr,
-                         H, L, in_off, out_off, spec_bstride,
+                         H, L, in_off, out_off, spec_bstride, sxb, sxh, smb, smh, sob, soh,
                          N1: tl.constexpr, N2: tl.constexpr, HAS_XMUL: tl.constexpr,
                          HAS_OMUL: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
-    """One (b, h) row: out[t] = omul[t] * (irfft(rfft(x*xmul placed at in_off) * spec))[out_off + t]."""
+    """One (b, h) row: out[t] = omul[t] * (irfft(rfft(x*xmul placed at in_off) * spec))[out_off + t].
+
+    x, xmul, omul: any (batch, channel) strides with unit stride along L (Hyena's gates are
+    channel slices of one projection: no copies); out is contiguous [B, H, L]."""
     row = tl.program_id(0)
     b = row // H
     h = row % H
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
     n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
     base = row.to(tl.int64) * L
     t = n - in_off
     m = (t >= 0) & (t < L)
-    x = tl.load(x_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b64 * sxb + h64 * sxh + t, mask=m, other=0.0).to(tl.float32)
     if HAS_XMUL:
-        x = x * tl.load(xmul_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+        x = x * tl.load(xmul_ptr + b64 * smb + h64 * smh + t, mask=m, other=0.0).to(tl.float32)
     yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
     sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * N1 * N2)
     kr, ki = _load_mat(sp, N1, N2, N1 * N2)
@@ -210,7 +215,7 @@ def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f
     t = n - out_off
     m = (t >= 0) & (t < L)
     if HAS_OMUL:
-        y = y * tl.load(omul_ptr + base + t, mask=m, other=0.0).to(tl.float32)
+        y = y * tl.load(omul_ptr + b64 * sob + h64 * soh + t, mask=m, other=0.0).to(tl.float32)
     tl.store(out_ptr + base + t, y.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -374,13 +379,14 @@ def _prec(device) -> str:
     return "tf32x3" if device.type == "cuda" else "ieee"
 
 
+def _unit_last(t):
+    return t if t is None or t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
 def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched, conj=False):
     """out = omul * window(irfft(rfft(frame(x * xmul, in_off)) * spec), out_off); x: [B, H, L]."""
     B, H, L = x.shape
     dev = x.device
-    x = x.contiguous()
-    xmul = xmul.contiguous() if xmul is not None else None
-    omul = omul.contiguous() if omul is not None else None
     out = torch.empty(B, H, L, dtype=out_dtype, device=dev)
     if dev.type == "cpu":  # interpreter runs (tests): poison, every element must be written
         out.fill_(float("nan"))
@@ -390,12 +396,17 @@ def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched,
     rows = B * H
     if pl["fused"]:
         N1, N2 = pl["N1"], pl["N2"]
+        x, xmul, omul = (_unit_last(t) for t in (x, xmul, omul))
+        xmul_, omul_ = (t if t is not None else x for t in (xmul, omul))
         _fft_conv_fwd_kernel[(rows,)](
-            x, xmul if xmul is not None else x, spec, out, omul if omul is not None else x,
-            _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, N, dev),
-            H, L, in_off, out_off, spec_bstride, N1=N1, N2=N2, HAS_XMUL=xmul is not None,
+            x, xmul_, spec, out, omul_, _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, N, dev),
+            H, L, in_off, out_off, spec_bstride, x.stride(0), x.stride(1), xmul_.stride(0),
+            xmul_.stride(1), omul_.stride(0), omul_.stride(1), N1=N1, N2=N2, HAS_XMUL=xmul is not None,
             HAS_OMUL=omul is not None, CONJ=conj, PREC=prec, num_warps=8 if N >= 2048 else 4)
         return out
+    x = x.contiguous()
+    xmul = xmul.contiguous() if xmul is not None else None
+    omul = omul.contiguous() if omul is not None else None
     chunk = max(1, min(rows, SCRATCH_BYTES // (8 * N)))
     xf, of = x.view(rows, L), out.view(rows, L)
     xm = xmul.view(rows, L) if xmul is not None else None
