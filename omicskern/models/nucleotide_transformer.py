@@ -200,16 +200,13 @@ class NucleotideTransformer(nn.Module):
               pooling: str = "mean", layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token ``[B, L, C]`` and pooled ``[B, C]`` embeddings from ``hidden_states[layer]``.
 
-        pooling: ``"mean"`` over the real tokens excluding ``<cls>`` at position 0 (InstaDeep's
-        examples average the sequence's tokens with the attention mask), or ``"cls"``.
+        pooling: ``"mean"`` over the real tokens (``<cls>`` included: InstaDeep's examples average
+            ``hidden_states[-1]`` with the attention mask), or ``"cls"``.
         """
         out = self.forward(input_ids, attention_mask, output_hidden_states=layer != -1)
         h = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        m = check_mask(attention_mask, input_ids).clone()
         if pooling == "mean":
-            if m.shape[1] > 1:
-                m[:, 0] = False
-            m = m.float()
+            m = check_mask(attention_mask, input_ids).float()
             pooled = ((h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True)).to(h.dtype)
         elif pooling == "cls":
             pooled = h[:, 0]
