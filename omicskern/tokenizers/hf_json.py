@@ -200,10 +200,21 @@ def parse_tokenizer_json(data: Any) -> BpeSpec:
 
     full_vocab = dict(vocab)
     added_raw, added_norm, special_ids = [], [], set()
+    added_ids: dict[str, int] = {}
     for t in data.get("added_tokens") or []:
-        content, tid = t.get("content"), t.get("id")
-        if not isinstance(content, str) or not isinstance(tid, int) or tid < 0:
+        content = t.get("content") if isinstance(t, dict) else None
+        if not isinstance(content, str):
             raise ValueError(f"tokenizer.json: bad added token {t!r}")
+        # HF ignores the file's "id": a token of the model vocabulary keeps its id, others get the
+        # next id after the model vocabulary / the last added token (AddedVocabulary::add_tokens).
+        if content in added_ids:
+            tid = added_ids[content]
+        elif content in vocab:
+            tid = vocab[content]
+        else:
+            top = max(added_ids.values(), default=None)
+            tid = len(vocab) if top is None or (top < len(vocab) and len(vocab) > 0) else top + 1
+        added_ids[content] = tid
         if t.get("single_word"):
             raise _unsupported("added token option", {"content": content, "single_word": True})
         full_vocab[content] = tid
@@ -221,8 +232,8 @@ def parse_tokenizer_json(data: Any) -> BpeSpec:
     id_to_token = [""] * size
     for tok, i in vocab.items():
         id_to_token[i] = tok
-    for t in data.get("added_tokens") or []:
-        id_to_token[t["id"]] = t["content"]
+    for content, tid in added_ids.items():
+        id_to_token[tid] = content
     byte_ids = [vocab.get(f"<0x{b:02X}>", -1) for b in range(256)] if byte_fallback else []
     args = dict(vocab_size=size, chars=_char_tables(vocab, prefix, suffix),
                 unk_id=-1 if unk is None else vocab[unk], fuse_unk=bool(model.get("fuse_unk", False)),
