@@ -72,7 +72,11 @@ def _hf_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_func
         if attention_mask is None:
             return None
         m = attention_mask.bool()
-        return None if bool(m.all()) else m
+        if bool(m.all()):
+            return None
+        # the Triton/flash backends take right-padded masks; other layouts are packed here (once per forward)
+        m._omicskern_right_padded = not bool((m[:, 1:] & ~m[:, :-1]).any())
+        return m
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                      kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)
 
@@ -91,8 +95,20 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    p = dropout if module.training else 0.0
+    if attention_mask is not None and not getattr(attention_mask, "_omicskern_right_padded", True) and not causal:
+        # left/irregular padding: pack the real tokens and run varlen (valid for any padding layout
+        # here because positions were already applied: absolute embeddings or rotary on q/k)
+        from omicskern.modules.padding import packing_from_mask
+
+        pk = getattr(attention_mask, "_omicskern_packing", None)
+        if pk is None:
+            pk = attention_mask._omicskern_packing = packing_from_mask(attention_mask)
+        out = attention(pk.pack(q), pk.pack(k), pk.pack(v), cu_seqlens=pk.cu_seqlens, max_seqlen=pk.max_seqlen,
+                        softmax_scale=scaling, dropout_p=p, backend=_state["backend"])
+        return pk.unpack(out), None
     out = attention(q, k, v, causal=causal, key_padding_mask=attention_mask, softmax_scale=scaling,
-                    dropout_p=dropout if module.training else 0.0, backend=_state["backend"])
+                    dropout_p=p, backend=_state["backend"])
     return out, None
 
 

@@ -84,6 +84,21 @@ def test_accelerate_keeps_outputs(make, backend, monkeypatch):
     torch.testing.assert_close(back, ref)
 
 
+@pytest.mark.parametrize("backend", backends_on_cpu("attention"))
+def test_accelerate_left_padding(backend):
+    # left padding: the Triton backend takes right-padded masks only, so accelerate packs the tokens itself
+    model = _bert(masked_lm=False)
+    model.set_attn_implementation("eager")
+    ids, am = _batch((11, 4))
+    ids, am = ids.flip(1), am.flip(1)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=am).last_hidden_state
+        omicskern.accelerate(model, backend=backend)
+        got = model(input_ids=ids, attention_mask=am).last_hidden_state
+    real = am.bool()
+    torch.testing.assert_close(got[real], ref[real], atol=ATOL, rtol=RTOL)
+
+
 def test_accelerate_gradients(monkeypatch):
     model = _bert()
     model.set_attn_implementation("eager")
