@@ -179,11 +179,20 @@ class Geneformer(nn.Module):
                 states.append(x)
         return x, states
 
-    def forward_ragged(self, ids: torch.Tensor, offsets, *, output_hidden_states: bool = False):
-        """Encoder on ragged cells. ids: int64 ``[T]``, offsets: ``[N+1]`` (tensor or array) ->
-        ``[T, C]`` (and, with ``output_hidden_states``, the ``num_hidden_layers + 1`` states
-        ``[T, C]`` as transformers' ``hidden_states`` tuple)."""
-        ids = torch.as_tensor(ids)
+    def _ragged(self, ids, offsets):
+        if offsets is None:
+            if not (hasattr(ids, "ids") and hasattr(ids, "offsets")):
+                raise TypeError("pass ids and offsets, or a tokenizer RaggedBatch (with .ids and .offsets)")
+            ids, offsets = ids.ids, ids.offsets
+        dev = self.bert.embeddings.word_embeddings.weight.device
+        return torch.as_tensor(ids, device=dev), offsets
+
+    def forward_ragged(self, ids, offsets=None, *, output_hidden_states: bool = False):
+        """Encoder on ragged cells. ids: int ``[T]``, offsets: ``[N+1]`` (tensors or numpy arrays),
+        or a tokenizer ``RaggedBatch`` as ``ids`` alone -> ``[T, C]`` (and, with
+        ``output_hidden_states``, the ``num_hidden_layers + 1`` states ``[T, C]`` as transformers'
+        ``hidden_states`` tuple)."""
+        ids, offsets = self._ragged(ids, offsets)
         check_ids(ids, self.config.vocab_size, "ids", dims=1)
         cu, max_len = cu_seqlens_from_offsets(offsets)
         cu = cu.to(ids.device)
@@ -222,7 +231,7 @@ class Geneformer(nn.Module):
         return self.cls(h)
 
     @torch.no_grad()
-    def cell_embeddings(self, ids: torch.Tensor, offsets, *, mode: str = "mean", emb_layer: int = -1,
+    def cell_embeddings(self, ids, offsets=None, *, mode: str = "mean", emb_layer: int = -1,
                         cls_token_id: int | None = None, eos_token_id: int | None = None) -> torch.Tensor:
         """Cell embeddings ``[N, C]`` as Geneformer's ``EmbExtractor`` computes them.
 
@@ -235,7 +244,7 @@ class Geneformer(nn.Module):
         """
         if emb_layer not in (-1, 0):
             raise ValueError(f"emb_layer must be -1 (second-to-last layer) or 0 (last layer), got {emb_layer}")
-        ids = torch.as_tensor(ids)
+        ids, offsets = self._ragged(ids, offsets)
         _, states = self.forward_ragged(ids, offsets, output_hidden_states=True)
         h = states[self.config.num_hidden_layers + emb_layer]
         cu, _ = cu_seqlens_from_offsets(offsets)

@@ -82,6 +82,19 @@ def test_ragged_matches_bert_for_masked_lm(pair, backend):
     torch.testing.assert_close(logits, ref.logits[real], atol=ATOL, rtol=RTOL)
 
 
+def test_tokenizer_ragged_batch(pair):
+    # the rank-value tokenizer's RaggedBatch (numpy int32 ids, int64 offsets) goes in as it is
+    from types import SimpleNamespace
+
+    _, m = pair
+    ids, offsets, _ = _cells([9, 14])
+    batch = SimpleNamespace(ids=ids.numpy().astype(np.int32), offsets=offsets.astype(np.int64))
+    torch.testing.assert_close(m.forward_ragged(batch), m.forward_ragged(ids, offsets))
+    torch.testing.assert_close(m.cell_embeddings(batch), m.cell_embeddings(ids, offsets))
+    with pytest.raises(TypeError, match="RaggedBatch"):
+        m.forward_ragged(ids)
+
+
 def test_padded_api_matches(pair):
     hf, m = pair
     _, _, cells = _cells([23, 7, 11])
