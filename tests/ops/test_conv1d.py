@@ -76,8 +76,8 @@ def test_triton_backend(B, C, L, K, dtype, activation):
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_triton_multi_block_no_bias(bias):
-    """L > one block (1024) so the blockwise partial sums and the dx halo across blocks matter."""
-    x, w, b = make(1, 2, 2500, 4, F32, seed=9, requires_grad=True)
+    """C, L > one tile so the per-tile partial sums and the dx halo across tiles matter."""
+    x, w, b = make(1, 70, 2500, 4, F32, seed=9, requires_grad=True)  # 2 channel x 3 position tiles
     b = b if bias else None
     y = causal_conv1d(x, w, b, activation="silu", backend="triton")
     ref = causal_conv1d_ref(x, w, b, "silu")
@@ -130,3 +130,24 @@ def test_triton_custom_op_opcheck():
     x, w, b = make(2, 3, 20, 3, F32, requires_grad=True)
     torch.library.opcheck(causal_conv1d_op, (x, w, b, True))
     torch.library.opcheck(causal_conv1d_op, (x, w, None, False))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_channel_last_view(backend):
+    """x as in_proj(u).transpose(1, 2) (Hyena): a [B, C, L] view with unit stride along C."""
+    g = torch.Generator().manual_seed(3)
+    xl = torch.randn(2, 40, 24, generator=g)  # [B, L, C]
+    x = xl.transpose(1, 2).requires_grad_(False)
+    assert x.stride(1) == 1
+    x = x.detach().requires_grad_(True)
+    w = torch.randn(24, 3, generator=g, requires_grad=True)
+    b = torch.randn(24, generator=g, requires_grad=True)
+    y = causal_conv1d(x, w, b, activation="silu", backend=backend)
+    ref = causal_conv1d_ref(x.detach().contiguous(), w, b, "silu")
+    torch.testing.assert_close(y.double(), ref.detach(), atol=1e-5, rtol=1e-5)
+    dy = torch.randn(2, 24, 40, generator=g)
+    got = torch.autograd.grad(y, (x, w, b), dy)
+    xr = x.detach().contiguous().requires_grad_(True)
+    want = torch.autograd.grad(causal_conv1d_ref(xr, w, b, "silu"), (xr, w, b), dy.double())
+    for gt, wt in zip(got, want):
+        torch.testing.assert_close(gt.double(), wt.double(), atol=1e-4, rtol=1e-5)
