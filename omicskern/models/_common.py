@@ -67,3 +67,19 @@ def finish_load(model: nn.Module, dtype: torch.dtype | str | None, device) -> nn
 
 def param_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
+
+
+def _ragged_inputs(ids, offsets, device):
+    """(ids, offsets) or a tokenizer RaggedBatch -> (ids tensor on ``device``, int32 cu_seqlens, max length)."""
+    from omicskern.modules.padding import cu_seqlens_from_offsets
+
+    if offsets is None:
+        if not (hasattr(ids, "ids") and hasattr(ids, "offsets")):
+            raise TypeError("pass ids and offsets, or a tokenizer RaggedBatch (with .ids and .offsets)")
+        ids, offsets = ids.ids, ids.offsets
+    ids = torch.as_tensor(ids, device=device)
+    cu, max_len = cu_seqlens_from_offsets(offsets)
+    cu = cu.to(device)
+    if int(cu[-1]) != ids.numel():
+        raise ValueError(f"offsets end at {int(cu[-1])} but ids holds {ids.numel()} tokens")
+    return ids, cu, max_len

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from omicskern.errors import CheckpointError
-from omicskern.models._common import ModelOutput, check_ids, check_mask, finish_load
+from omicskern.models._common import ModelOutput, _ragged_inputs, check_ids, check_mask, finish_load
 from omicskern.models._loading import config_get, load_strict, read_config, read_state_dict
 from omicskern.modules.bert import AlibiBertLayer, set_attention_backend
 from omicskern.modules.embeddings import BertEmbeddings
@@ -171,6 +171,16 @@ class DNABERT2(nn.Module):
         for layer in self.bert.encoder.layer:
             x = layer(x, cu_seqlens, max_seqlen, slopes)
         return x
+
+    def forward_ragged(self, ids, offsets=None) -> torch.Tensor:
+        """Encoder on a ragged batch (the BPE tokenizer's output, no padding at all).
+
+        ids: int ``[T]`` and offsets ``[N+1]`` (tensors or numpy arrays), or a tokenizer
+        ``RaggedBatch`` as ``ids`` alone -> ``[T, C]``.
+        """
+        ids, cu, max_len = _ragged_inputs(ids, offsets, self.bert.embeddings.word_embeddings.weight.device)
+        check_ids(ids, self.config.vocab_size, "ids", dims=1)
+        return self.forward_packed(ids.long(), cu, max_len)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, *, return_logits: bool = False) -> ModelOutput:

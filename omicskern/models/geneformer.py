@@ -184,8 +184,7 @@ class Geneformer(nn.Module):
             if not (hasattr(ids, "ids") and hasattr(ids, "offsets")):
                 raise TypeError("pass ids and offsets, or a tokenizer RaggedBatch (with .ids and .offsets)")
             ids, offsets = ids.ids, ids.offsets
-        dev = self.bert.embeddings.word_embeddings.weight.device
-        return torch.as_tensor(ids, device=dev), offsets
+        return torch.as_tensor(ids, device=self.bert.embeddings.word_embeddings.weight.device), offsets
 
     def forward_ragged(self, ids, offsets=None, *, output_hidden_states: bool = False):
         """Encoder on ragged cells. ids: int ``[T]``, offsets: ``[N+1]`` (tensors or numpy arrays),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from omicskern.errors import CheckpointError
-from omicskern.models._common import ModelOutput, check_ids, check_mask, finish_load
+from omicskern.models._common import ModelOutput, _ragged_inputs, check_ids, check_mask, finish_load
 from omicskern.models._loading import load_strict, read_config, read_state_dict
 from omicskern.modules.bert import EsmLayer, set_attention_backend
 from omicskern.modules.embeddings import EsmEmbeddings
@@ -172,6 +172,29 @@ class NucleotideTransformer(nn.Module):
         pad = self.config.pad_token_id
         ne = (input_ids != pad).long()
         return torch.cumsum(ne, dim=1) * ne + pad
+
+    def forward_ragged(self, ids, offsets=None) -> torch.Tensor:
+        """Encoder on a ragged batch (the k-mer tokenizer's output, no padding at all).
+
+        ids: int ``[T]`` and offsets ``[N+1]`` (tensors or numpy arrays), or a tokenizer
+        ``RaggedBatch`` as ``ids`` alone -> ``[T, C]`` (after ``emb_layer_norm_after``).
+        """
+        ids, cu, max_len = _ragged_inputs(ids, offsets, self.esm.embeddings.word_embeddings.weight.device)
+        check_ids(ids, self.config.vocab_size, "ids", dims=1)
+        ids = ids.long()
+        pos = None
+        if self.esm.embeddings.position_embeddings is not None:
+            # ESM numbering: non-pad tokens count from pad_token_id + 1 within each sequence
+            pad = self.config.pad_token_id
+            ne = (ids != pad).long()
+            seg = row_ids(cu, ids.numel())
+            csum = torch.cumsum(ne, 0)
+            starts = torch.nn.functional.pad(csum, (1, 0))[cu[:-1].long()]
+            pos = (csum - starts[seg]) * ne + pad
+        x = self.esm.embeddings(ids, positions=pos, row=row_ids(cu, ids.numel()), n_rows=cu.numel() - 1)
+        for layer in self.esm.encoder.layer:
+            x = layer(x, cu, max_len)
+        return self.esm.encoder.emb_layer_norm_after(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 return_logits: bool = False, output_hidden_states: bool = False) -> ModelOutput:

@@ -258,3 +258,16 @@ def test_gpu_bf16_released_size():
     err_ref = (ref16 - ref32)[real].abs().max().item()
     err = (got - ref32)[real].abs().max().item()
     assert err <= 2 * err_ref + 1e-2, (err, err_ref)
+
+
+def test_forward_ragged(model, fix):
+    _, inp, out = fix
+    lens = inp["lengths"]
+    ids = np.concatenate([inp["input_ids"][i, : lens[i]] for i in range(3)]).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    with torch.no_grad():
+        h = model.forward_ragged(ids, offsets)
+    ref = np.concatenate([out["last_hidden_state"][i, : lens[i]] for i in range(3)])
+    np.testing.assert_allclose(h.numpy(), ref, atol=5e-5, rtol=RTOL)
+    with pytest.raises(ValueError, match="offsets end at"):
+        model.forward_ragged(ids[:-1], offsets)

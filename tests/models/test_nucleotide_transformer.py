@@ -194,3 +194,25 @@ def test_gpu_bf16_released_size(tmp_path):
     err = (got - ref32).abs().max().item()
     err_ref = (h16 - h32).abs().max().item()
     assert err <= 2 * err_ref + 1e-2, (err, err_ref)
+
+
+def test_forward_ragged_v2(model, fix):
+    _, inp, out = fix
+    lens = inp["lengths"]
+    ids = np.concatenate([inp["input_ids"][i, : lens[i]] for i in range(3)])
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    with torch.no_grad():
+        h = model.forward_ragged(ids, offsets)
+    ref = np.concatenate([out["last_hidden_state"][i, : lens[i]] for i in range(3)])
+    np.testing.assert_allclose(h.numpy(), ref, atol=ATOL, rtol=RTOL)
+
+
+def test_forward_ragged_v1_positions(tmp_path):
+    hf = _hf_esm(tmp_path)
+    m = NucleotideTransformer.from_pretrained(tmp_path)
+    ids, am = _esm_batch([25, 7])
+    flat = ids[am.bool()]
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=am, output_hidden_states=True).hidden_states[-1][am.bool()]
+        got = m.forward_ragged(flat, [0, 25, 32])
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
