@@ -151,3 +151,11 @@ def test_channel_last_view(backend):
     want = torch.autograd.grad(causal_conv1d_ref(xr, w, b, "silu"), (xr, w, b), dy.double())
     for gt, wt in zip(got, want):
         torch.testing.assert_close(gt.double(), wt.double(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+@pytest.mark.parametrize("shape", [(0, 3, 10), (2, 0, 10)], ids=["B0", "C0"])
+def test_empty(backend, shape):
+    x = torch.randn(*shape)
+    y = causal_conv1d(x, torch.randn(shape[1], 3), torch.randn(shape[1]), backend=backend)
+    assert y.shape == shape

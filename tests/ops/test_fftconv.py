@@ -307,3 +307,14 @@ def test_strided_inputs(backend):
     b = torch.randn(H, generator=g)
     y = fft_conv(u, k, b, gate=gate, backend=backend)
     assert_close_scaled(y, fft_conv_ref(u.contiguous(), k, b, gate.contiguous()), F32, "y")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+@pytest.mark.parametrize("shape", [(0, 3, 10), (2, 0, 10)], ids=["B0", "H0"])
+def test_empty(backend, shape):
+    u = torch.randn(*shape, requires_grad=True)
+    k = torch.randn(shape[1], 10, requires_grad=True)
+    y = fft_conv(u, k, gate=torch.randn(*shape), backend=backend)
+    assert y.shape == shape
+    y.sum().backward()
+    assert k.grad is not None and (k.grad == 0).all()

@@ -214,6 +214,12 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
         >>> y = fft_conv(u, k, torch.randn(4), gate=torch.randn(2, 4, 1000))
     """
     _check(u, k, bias, gate, causal)
+    if u.numel() == 0:  # B = 0 or H = 0: empty output, zero gradients for every input
+        y = u * 0
+        for t in (k, bias, gate):
+            if t is not None:
+                y = y + t.sum() * 0
+        return y.to(u.dtype)
     probes = {
         "triton": _triton_probe(u, causal),
         "torch": lambda: None,
