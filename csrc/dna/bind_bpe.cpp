@@ -99,6 +99,14 @@ std::shared_ptr<BpeModel> make_model(int64_t vocab_size, const std::vector<CharT
     m->rank_a = a;
     m->rank_b = b;
     m->monotone = check_monotone(*m, a, b, rank, nid);
+    {
+        std::vector<char> made(static_cast<size_t>(vocab_size), 0);
+        m->unique_results = true;
+        for (size_t i = 0; i < nm; ++i) {
+            if (m->pairs.find(a[i], b[i]) != rank[i]) continue;  // lost to a later duplicate pair
+            if (made[nid[i]]++) m->unique_results = false;
+        }
+    }
     m->pre = parse_pre(pre_tokenizer);
     m->norm = lowercase ? Norm::Lowercase : Norm::None;
     for (int c = 0; c < 128; ++c) m->ascii_class[c] = static_cast<uint8_t>(word_class(static_cast<uint32_t>(c)));

@@ -53,12 +53,19 @@ struct Sym {
     int32_t id, prev, next;  // id -1: merged into its left neighbour
 };
 
+struct Block {
+    static constexpr int kCap = 14;
+    int32_t n, next;
+    int32_t pos[kCap];
+};
+
 struct Workspace {
     std::vector<int32_t> init, starts;  // a word's initial symbols and their byte offsets
     std::vector<Sym> sym;  // one cache line serves a symbol's id and links
     std::vector<std::pair<int32_t, int32_t>> toks, wtoks;  // (id, first initial symbol)
     std::vector<HeapItem> heap;
-    std::vector<std::vector<int32_t>> buckets;  // rank -> left positions (kept across words)
+    std::vector<Block> blocks;   // bucket storage of the current word
+    std::vector<int32_t> bhead;  // rank -> newest block of its bucket, -1: empty (kept across words)
     std::vector<int32_t> tmp;
     std::vector<uint64_t> bits;
     std::vector<Segment> segs1, segs2;
@@ -184,16 +191,26 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
     Sym* sym = ws.sym.data();
     const PairTable& pt = m.pairs;
     const int32_t R = m.n_ranks;
-    if (static_cast<int32_t>(ws.buckets.size()) != R) {
-        ws.buckets.assign(R, {});
+    if (static_cast<int32_t>(ws.bhead.size()) != R) {
+        ws.bhead.assign(R, -1);
         ws.bits.assign((R + 63) / 64, 0);
     }
-    auto* buckets = ws.buckets.data();
+    int32_t* bhead = ws.bhead.data();
     uint64_t* bits = ws.bits.data();
+    auto& blocks = ws.blocks;
+    blocks.clear();
     const int64_t nwords = static_cast<int64_t>(ws.bits.size());
+    // Each rank's bucket is a chain of 64-byte blocks (newest first): a push writes one cache line
+    // and the per-rank header is a single int.
     auto push = [&](int32_t rank, int32_t pos) {
-        if (buckets[rank].empty()) bits[rank >> 6] |= 1ull << (rank & 63);
-        buckets[rank].push_back(pos);
+        int32_t h = bhead[rank];
+        if (h < 0 || blocks[h].n == Block::kCap) {
+            if (h < 0) bits[rank >> 6] |= 1ull << (rank & 63);
+            blocks.push_back(Block{0, h, {}});
+            h = bhead[rank] = static_cast<int32_t>(blocks.size() - 1);
+        }
+        Block& bl = blocks[h];
+        bl.pos[bl.n++] = pos;
     };
     for (int32_t i = 0; i + 1 < n; ++i) {
         const int32_t r = pt.find(sym[i].id, sym[i + 1].id);
@@ -202,26 +219,32 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
     auto& tmp = ws.tmp;
     const int32_t* rank_a = m.rank_a.data();
     const int32_t* rank_b = m.rank_b.data();
+    const int32_t* rnid = m.rank_new_id.data();
     int64_t w = 0;
     while (true) {
         while (w < nwords && bits[w] == 0) ++w;
         if (w >= nwords) break;
         const int32_t r = static_cast<int32_t>(w * 64 + __builtin_ctzll(bits[w]));
         bits[w] &= bits[w] - 1;
-        tmp.swap(buckets[r]);
-        buckets[r].clear();
-        // Pushes arrive in runs that are each sorted; most buckets are sorted already.
-        if (!std::is_sorted(tmp.begin(), tmp.end())) std::sort(tmp.begin(), tmp.end());
-        const int32_t new_id = m.rank_new_id[r], a = rank_a[r], b = rank_b[r];
+        tmp.clear();
+        for (int32_t h = bhead[r]; h >= 0; h = blocks[h].next)
+            tmp.insert(tmp.end(), blocks[h].pos, blocks[h].pos + blocks[h].n);
+        bhead[r] = -1;
+        const int32_t new_id = rnid[r], a = rank_a[r], b = rank_b[r];
+        // Order within a rank matters only where occurrences can overlap ("AAA" with A+A: leftmost
+        // first) or, in tables where two merges make one token, through HF's staleness test.
+        if (a == b || !m.unique_results) std::sort(tmp.begin(), tmp.end());
         for (const int32_t pos : tmp) {
             const int32_t left = sym[pos].id;
             if (left < 0) continue;
             const int32_t nx = sym[pos].next;
             if (nx < 0) continue;
             if (left != a || sym[nx].id != b) {
-                // HF's staleness test compares new ids only: another pair with the same new id counts.
+                // HF's staleness test compares new ids only: another pair with the same new id
+                // counts, which can only happen when two merges make the same token.
+                if (m.unique_results) continue;
                 const int32_t r2 = pt.find(left, sym[nx].id);
-                if (r2 < 0 || m.rank_new_id[r2] != new_id) continue;
+                if (r2 < 0 || rnid[r2] != new_id) continue;
             }
             sym[pos].id = new_id;
             sym[nx].id = -1;
@@ -239,7 +262,6 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
                 if (r2 >= 0) push(r2, pos);
             }
         }
-        tmp.clear();
     }
 }
 

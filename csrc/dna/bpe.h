@@ -91,6 +91,7 @@ struct BpeModel {
     std::vector<int32_t> rank_a, rank_b;  // rank -> its pair
     int32_t n_ranks = 0;
     bool monotone = false;  // every merge producing c ranks below every merge consuming c
+    bool unique_results = false;  // no two merges produce the same token
     PreTok pre = PreTok::None;
     Norm norm = Norm::None;
     AddedMatcher added_raw, added_norm;
