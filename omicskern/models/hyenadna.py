@@ -49,6 +49,7 @@ class HyenaDNAConfig:
     layer_norm_epsilon: float = 1e-5
     residual_in_fp32: bool = True
     l_max: int = 1026
+    block_norm_eps: float | None = None  # None: layer_norm_epsilon (the -hf code uses 1e-5 in the blocks)
     layer: dict = field(default_factory=lambda: {"emb_dim": 5, "filter_order": 64, "w": 10, "modulate": True})
 
     @property
@@ -79,7 +80,8 @@ class HyenaDNAConfig:
         return cls(d_model=d["d_model"], n_layer=d["n_layer"], d_inner=d.get("d_inner"), vocab_size=d["vocab_size"],
                    pad_vocab_size_multiple=d.get("pad_vocab_size_multiple", 1),
                    layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
-                   residual_in_fp32=d.get("residual_in_fp32", True), l_max=int(l_max), layer=op)
+                   residual_in_fp32=d.get("residual_in_fp32", True), l_max=int(l_max), layer=op,
+                   block_norm_eps=None if "layer" in d else 1e-5)
 
 
 class Mlp(nn.Module):
@@ -98,9 +100,10 @@ class Block(nn.Module):
     def __init__(self, c: HyenaDNAConfig):
         super().__init__()
         self.mixer = HyenaOperator(c.d_model, l_max=c.l_max, **c.layer)
-        self.norm1 = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
+        eps = c.layer_norm_epsilon if c.block_norm_eps is None else c.block_norm_eps
+        self.norm1 = nn.LayerNorm(c.d_model, eps=eps)
         self.mlp = Mlp(c.d_model, c.d_inner or 4 * c.d_model)
-        self.norm2 = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
+        self.norm2 = nn.LayerNorm(c.d_model, eps=eps)
         self.residual_in_fp32 = c.residual_in_fp32
 
     def forward(self, h, residual):

@@ -112,6 +112,7 @@ def test_hf_config_fields():
                                     "pad_vocab_size_multiple": 8, "model_type": "hyenadna"})
     assert cfg.l_max == 1026 and cfg.layer["w"] == 10 and cfg.padded_vocab == 16
     m = HyenaDNA(cfg)
+    assert m.backbone.layers[0].norm1.eps == 1e-5  # the -hf blocks' LayerNorms use the default eps
     assert m.backbone.layers[0].mixer.filter_fn.pos_emb.z.shape == (1, 1026, 5)
 
 
