@@ -94,20 +94,46 @@ def _k_spectrum(k, bias, n, offset, cdt):
     return torch.fft.rfft(kk, n=n, norm="forward")
 
 
+TORCH_CHUNK_BYTES = 256 << 20  # transform-domain temporaries per block of rows
+
+
+def _blocks(B, H, n, cdt):
+    """(b0, b1, h0, h1) row blocks, h outermost, whose spectra and irfft outputs (about 3 n
+    reals a row) stay within TORCH_CHUNK_BYTES: peak memory is then the outputs plus one block,
+    not [B, H, n] complex arrays."""
+    per_row = 3 * n * torch.finfo(cdt).bits // 8
+    rows = max(1, TORCH_CHUNK_BYTES // per_row)
+    hc = min(H, rows)
+    bc = max(1, min(B, rows // hc))
+    for h0 in range(0, H, hc):
+        yield [(b0, min(B, b0 + bc), h0, min(H, h0 + hc)) for b0 in range(0, B, bc)]
+
+
+def _kslice(k, bias, b0, b1, h0, h1):
+    kk = k[h0:h1] if k.dim() == 2 else k[b0:b1, h0:h1]
+    return kk, (bias[h0:h1] if bias is not None else None)
+
+
 def _torch_fwd(u, k, bias, gate, causal, out_dtype):
-    L = u.shape[-1]
+    B, H, L = u.shape
     cdt = _compute_dtype(u)
     n = fast_fft_len(2 * L - 1)
     offset = 0 if causal else L - 1
-    K = _k_spectrum(k, bias, n, offset, cdt)
-    U = torch.fft.rfft(u.to(cdt), n=n)
-    U.mul_(K)  # in place: shapes are checked, K broadcasts over the batch
-    y = torch.fft.irfft(U, n=n, norm="forward")[..., offset:offset + L]
-    del U
-    if gate is not None:
-        out = torch.empty(u.shape, dtype=out_dtype, device=u.device)
-        return torch.mul(y, gate, out=out)
-    return y.to(out_dtype, copy=True) if out_dtype != y.dtype else y.contiguous()
+    out = torch.empty(u.shape, dtype=out_dtype, device=u.device)
+    for blocks in _blocks(B, H, n, cdt):
+        K = None
+        for b0, b1, h0, h1 in blocks:
+            if K is None or k.dim() == 3:  # a shared filter's spectrum serves every batch block
+                K = _k_spectrum(*_kslice(k, bias, b0, b1, h0, h1), n, offset, cdt)
+            U = torch.fft.rfft(u[b0:b1, h0:h1].to(cdt), n=n)
+            U.mul_(K)  # in place; K broadcasts over the batch
+            y = torch.fft.irfft(U, n=n, norm="forward")[..., offset:offset + L]
+            del U
+            if gate is not None:
+                torch.mul(y, gate[b0:b1, h0:h1], out=out[b0:b1, h0:h1])
+            else:
+                out[b0:b1, h0:h1] = y
+    return out
 
 
 def _torch_bwd(dy, u, k, bias, gate, causal, needs):
@@ -117,36 +143,49 @@ def _torch_bwd(dy, u, k, bias, gate, causal, needs):
     n = fast_fft_len(2 * L - 1)
     offset = 0 if causal else L - 1
     Lk = k.shape[-1]
-    dy = dy.to(cdt)
-    U = torch.fft.rfft(u.to(cdt), n=n) if (need_k or need_bias or need_gate) else None
-    K = _k_spectrum(k, bias, n, offset, cdt) if (need_u or need_gate) else None
-    du = dk = dbias = dgate = None
-    if gate is not None:
-        if need_gate:
-            z = torch.fft.irfft(U * K, n=n, norm="forward")[..., offset:offset + L]
-            dgate = (dy * z).to(gate.dtype)
-            del z
-        dz = dy * gate.to(cdt)
-    else:
-        dz = dy
-    if offset:  # two-sided: dz sits at [L-1, 2L-1) of the length-n frame (see docs/fftconv.md)
-        DZ = torch.fft.rfft(torch.nn.functional.pad(dz, (offset, 0)), n=n)
-    else:
-        DZ = torch.fft.rfft(dz, n=n)
-    if need_u:
-        # correlation with k == convolution with the conjugate spectrum
-        du = torch.fft.irfft(DZ * K.conj(), n=n, norm="forward")[..., :L].to(u.dtype)
-    if need_k or need_bias:
-        P = DZ.mul_(U.conj())
-        if k.dim() == 2:
-            P = P.sum(0)
-        dkf = torch.fft.irfft(P, n=n)[..., :Lk]
-        if need_bias:
-            db = dkf[..., offset]
-            # a copy, never a view of dk ([H] elements)
-            dbias = (db.clone() if db.dim() == 1 else db.sum(0)).to(bias.dtype)
-        if need_k:
-            dk = dkf.to(k.dtype)
+    need_kf = need_k or need_bias
+    dev = u.device
+    du = torch.empty(u.shape, dtype=u.dtype, device=dev) if need_u else None
+    dgate = torch.empty(gate.shape, dtype=gate.dtype, device=dev) if need_gate else None
+    dkf = torch.empty(k.shape, dtype=cdt, device=dev) if need_kf else None
+    for blocks in _blocks(B, H, n, cdt):
+        K = acc = None
+        for b0, b1, h0, h1 in blocks:
+            sl = (slice(b0, b1), slice(h0, h1))
+            if (need_u or need_gate) and (K is None or k.dim() == 3):
+                K = _k_spectrum(*_kslice(k, bias, b0, b1, h0, h1), n, offset, cdt)
+            U = torch.fft.rfft(u[sl].to(cdt), n=n) if (need_kf or need_gate) else None
+            dyc = dy[sl].to(cdt)
+            if gate is not None:
+                if need_gate:
+                    z = torch.fft.irfft(U * K, n=n, norm="forward")[..., offset:offset + L]
+                    torch.mul(dyc, z, out=dgate[sl])
+                    del z
+                dz = dyc * gate[sl].to(cdt)
+            else:
+                dz = dyc
+            # two-sided: dz sits at [L-1, 2L-1) of the length-n frame (see docs/fftconv.md)
+            DZ = torch.fft.rfft(torch.nn.functional.pad(dz, (offset, 0)) if offset else dz, n=n)
+            del dz, dyc
+            if need_u:
+                # correlation with k == convolution with the conjugate spectrum
+                du[sl] = torch.fft.irfft(DZ * K.conj(), n=n, norm="forward")[..., :L]
+            if need_kf:
+                P = DZ.mul_(U.conj())
+                if k.dim() == 2:  # shared filter: sum the cross-spectrum over the batch
+                    acc = P.sum(0) if acc is None else acc.add_(P.sum(0))
+                else:
+                    dkf[sl] = torch.fft.irfft(P, n=n)[..., :Lk]
+            del U, DZ
+        if need_kf and k.dim() == 2:
+            dkf[h0:h1] = torch.fft.irfft(acc, n=n)[..., :Lk]
+    dk = dbias = None
+    if need_bias:
+        db = dkf[..., offset]  # the skip term is the filter's tap at lag 0
+        # a copy, never a view of dk ([H] elements)
+        dbias = (db.clone() if db.dim() == 1 else db.sum(0)).to(bias.dtype)
+    if need_k:
+        dk = dkf.to(k.dtype)
     return du, dk, dbias, dgate
 
 
