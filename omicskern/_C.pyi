@@ -35,6 +35,24 @@ def dna_kmer_encode(seqs: list | tuple, k: int, overlap: bool, cls_lut: npt.NDAr
 
 # --- DNA: BPE (csrc/dna/bind_bpe.cpp) -------------------------------------------------------
 # (section: bpe)
+class BpeModel:
+    """A Hugging Face tokenizer.json BPE pipeline compiled to tables (built by omicskern.tokenizers.hf_json)."""
+    def __init__(self, vocab_size: int, chars: list[tuple[list[int], list[int]]], unk_id: int, fuse_unk: bool,
+                 byte_ids: list[int], merge_a: list[int], merge_b: list[int], merge_new: list[int],
+                 pre_tokenizer: str, lowercase: bool, added_raw: list[tuple[bytes, int, bool, bool]],
+                 added_norm: list[tuple[bytes, int, bool, bool]]) -> None: ...
+    @property
+    def monotone(self) -> bool:
+        """True when merges can run on the linear bucket queue (trained BPE tables)."""
+    def encode(self, seqs: list[str | bytes], num_threads: int = 0, return_soft_mask: bool = False,
+               uppercase: bool = False, algo: int = 0
+               ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]:
+        """Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids.
+        algo: 0 auto, 1 heap (HF's algorithm), 2 bucket queue, 3 auto with tiny windows (tests)."""
+def bpe_train(seqs: list[str | bytes], vocab_size: int, special_tokens: list[str], min_frequency: int = 0,
+              pre_tokenizer: str = "whitespace", initial_alphabet: str = "", limit_alphabet: int = -1
+              ) -> tuple[list[str], list[tuple[int, int]]]:
+    """Trains BPE merges (HF BpeTrainer's rules). Returns (vocab list[str] by id, merges list[(id, id)])."""
 
 # --- single cell: rank-value and binning (csrc/cells/bind_cells.cpp) ------------------------
 # (section: cells)
