@@ -15,7 +15,7 @@ Input: the E. coli K-12 genome (``../shared/data/dna/ecoli_k12_mg1655.fa.gz``, 4
   ``Tokenizer.from_file`` of the same DNABERT-2 ``tokenizer.json``.
 
 Every implementation's ids are checked against omicskern's on the 10 kbp chunks (table column
-"ids ="). Timing: one warm-up, then repeats until ~``budget`` seconds (at least 1, at most 7);
+"ids ="). Timing: one warm-up, then repeats until ~``budget`` seconds (at least 1, at most 50);
 the median. HF's thread count: ``TOKENIZERS_PARALLELISM=false`` (sequential) vs its rayon pool
 (all cores). HF time covers ``encode_batch`` (its ``Encoding`` objects, ids not converted);
 omicskern's covers ragged int32 numpy ids with special tokens.
@@ -59,7 +59,7 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:60]
 
 
-def timeit(fn, budget: float, max_reps: int = 7, warmup: bool = True):
+def timeit(fn, budget: float, max_reps: int = 50, warmup: bool = True):
     """(median seconds, last result). A first run longer than the budget is the measurement
     (no warm-up needed at that length, and slow baselines would dominate the run time)."""
     times = []

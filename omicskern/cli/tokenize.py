@@ -253,7 +253,8 @@ def run(args) -> int:
     wall = time.perf_counter() - t_start
     mbps = stats.bases / stats.encode_s / 1e6 if stats.encode_s > 0 else float("inf")
     desc = args.tokenizer + (f" (k={args.k}, {args.kmer_mode})" if args.tokenizer == "kmer" else "")
-    threads = args.threads if args.threads > 0 else os.cpu_count()
+    from omicskern._native import load_C
+    threads = args.threads if args.threads > 0 else load_C().hardware_threads()
     print(f"tokenized {stats.records} record(s), {stats.rows} row(s) from {fasta}")
     if skipped:
         print(f"  skipped {skipped} record(s) already done in {out}")
