@@ -203,3 +203,31 @@ def test_real_genome_window(data_dir):
         two = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).ids
         assert one.tolist() == ref(seq, 6)
         np.testing.assert_array_equal(one, two)
+
+
+def soft_ref(seq: str, k: int, mode: str) -> list[bool]:
+    """A token is soft-masked when any of its bases is lower case."""
+    low = [c.islower() for c in seq]
+    if mode == "overlap":
+        return [any(low[i:i + k]) for i in range(len(seq) - k + 1)]
+    out, i = [], 0
+    for piece in re.split("(N)", seq.upper()):
+        if piece == "N":
+            out.append(low[i])
+            i += 1
+            continue
+        full = len(piece) - len(piece) % k
+        out += [any(low[i + j:i + j + k]) for j in range(0, full, k)]
+        out += [low[i + j] for j in range(full, len(piece))]
+        i += len(piece)
+    return out
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=st.text(alphabet="ACGTNacgtn", max_size=120), k=st.integers(3, 8), mode=st.sampled_from(["nt", "overlap"]),
+       chunk=st.sampled_from([8, 29, 1 << 18]))
+def test_soft_mask_matches_reference(seq, k, mode, chunk):
+    tok = KmerTokenizer(k, mode=mode)
+    tok._chunk = chunk
+    b = tok.encode_batch([seq], padding=False, add_special_tokens=False, return_soft_mask=True, num_threads=2)
+    assert b.soft_mask.tolist() == soft_ref(seq, k, mode)
