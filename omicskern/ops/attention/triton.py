@@ -31,18 +31,18 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _attention_fwd_inner(acc, l_i, m_i, q, K, V, seq_start, kvh, stride_kt, stride_kh, stride_vt,
-                         stride_vh, offs_m, offs_d, d_ok, L, lo, hi, qk_scale, slope,
+def _attention_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, lo, hi,
+                         qk_scale, slope,
                          BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                          CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
-    """Online-softmax accumulation over key blocks [lo, hi). MASKED=False is the fast path for
-    blocks known to be entirely valid (inside the sequence and, if causal, below the diagonal)."""
+    """Online-softmax accumulation over key blocks [lo, hi). K, V point at this sequence's first
+    row and this kv head. MASKED=False is the fast path for blocks known to be entirely valid
+    (inside the sequence and, if causal, below the diagonal)."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        kv_rows = seq_start + cols
-        k_ptrs = K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :]
-        v_ptrs = V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
+        k_ptrs = K + cols[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = V + cols[:, None] * stride_vt + offs_d[None, :]
         if MASKED:
             kv_mask = (cols < L)[:, None] & d_ok[None, :]
             k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
@@ -104,8 +104,8 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < L
-    rows = seq_start + offs_m
-    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+    Qb = Q + seq_start * stride_qt + h * stride_qh
+    q = tl.load(Qb + offs_m[:, None] * stride_qt + offs_d[None, :],
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     slope = 0.0
     if HAS_ALIBI:
@@ -122,19 +122,22 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
         full_hi = tl.minimum(full_hi, start_m * BLOCK_M)
     # Every valid row sees key 0 in the first block visited, so m_i is finite from then on and
     # exp2 never computes (-inf) - (-inf) for a stored row.
+    # Scalar (64-bit) base pointers per sequence and head, 32-bit offsets within the sequence:
+    # per-element 64-bit addresses cost enough registers to spill on sm_90.
+    Kb = K + seq_start * stride_kt + kvh * stride_kh
+    Vb = V + seq_start * stride_vt + kvh * stride_vh
     acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, K, V, seq_start, kvh, stride_kt, stride_kh, stride_vt, stride_vh,
-        offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope, BLOCK_N=BLOCK_N,
+        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope, BLOCK_N=BLOCK_N,
         EVEN_D=HEAD_DIM == BLOCK_D, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, K, V, seq_start, kvh, stride_kt, stride_kh, stride_vt, stride_vh,
-        offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope, BLOCK_N=BLOCK_N,
+        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope, BLOCK_N=BLOCK_N,
         EVEN_D=HEAD_DIM == BLOCK_D, MASKED=True, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     out = acc / l_i[:, None]
-    tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+    Ob = O + seq_start * stride_ot + h * stride_oh
+    tl.store(Ob + offs_m[:, None] * stride_ot + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
-    tl.store(LSE + h * stride_lh + rows, lse, mask=m_ok)
+    tl.store(LSE + h * stride_lh + seq_start + offs_m, lse, mask=m_ok)
 
 
 @triton.jit
@@ -158,10 +161,14 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     n_ok = cols < L
-    kv_rows = seq_start + cols
-    k = tl.load(K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+    # Scalar 64-bit bases, 32-bit offsets within the sequence (see the forward kernel).
+    Qb = Q + seq_start * stride_qt + h * stride_qh
+    DOb = DO + seq_start * stride_dot + h * stride_doh
+    LSEb = LSE + h * stride_lh + seq_start
+    DELTAb = DELTA + h * stride_lh + seq_start
+    k = tl.load(K + seq_start * stride_kt + kvh * stride_kh + cols[:, None] * stride_kt + offs_d[None, :],
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-    v = tl.load(V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+    v = tl.load(V + seq_start * stride_vt + kvh * stride_vh + cols[:, None] * stride_vt + offs_d[None, :],
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     if HAS_ALIBI:
         slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
@@ -170,42 +177,44 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
     lo = 0
     if CAUSAL:
         lo = (start_n * BLOCK_N // BLOCK_M) * BLOCK_M
+    # Work on transposed tiles (S^T = K Q^T, [BLOCK_N, BLOCK_M]) so that P^T and dS^T come out of the
+    # dots in the layout the next dots consume; transposing register tiles costs shared-memory
+    # round trips and registers.
     for start_m in range(lo, L, BLOCK_M):
         qi = start_m + offs_m
         m_ok = qi < L
-        rows = seq_start + qi
-        q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
+        qT = tl.load(Qb + qi[None, :] * stride_qt + offs_d[:, None],
+                     mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(DOb + qi[:, None] * stride_dot + offs_d[None, :],
                      mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        lse = tl.load(LSE + h * stride_lh + rows, mask=m_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + h * stride_lh + rows, mask=m_ok, other=0.0)
+        lse = tl.load(LSEb + qi, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTAb + qi, mask=m_ok, other=0.0)
         if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            sT = tl.dot(k, qT, input_precision="ieee")
         else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale
+            sT = tl.dot(k, qT)
+        sT = sT * qk_scale
         if HAS_ALIBI:
-            s = s - slope * tl.abs(qi[:, None] - cols[None, :]).to(tl.float32)
-        keep = m_ok[:, None] & n_ok[None, :]
+            sT = sT - slope * tl.abs(cols[:, None] - qi[None, :]).to(tl.float32)
+        keep = n_ok[:, None] & m_ok[None, :]
         if CAUSAL:
-            keep = keep & (cols[None, :] <= qi[:, None])
-        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+            keep = keep & (cols[:, None] <= qi[None, :])
+        pT = tl.where(keep, tl.math.exp2(sT - lse[None, :]), 0.0)
         if IEEE:
-            dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+            dv += tl.dot(pT.to(do.dtype), do, input_precision="ieee")
+            dpT = tl.dot(v, tl.trans(do), input_precision="ieee")
         else:
-            dv += tl.dot(tl.trans(p).to(do.dtype), do)
-            dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
+            dv += tl.dot(pT.to(do.dtype), do)
+            dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
         if IEEE:
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision="ieee")
+            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision="ieee")
         else:
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
     dk = dk * sm_scale
-    tl.store(DK + kv_rows[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
+    tl.store(DK + seq_start * stride_dkt + h * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
-    tl.store(DV + kv_rows[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
+    tl.store(DV + seq_start * stride_dvt + h * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
 
 
@@ -230,13 +239,15 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     m_ok = qi < L
-    rows = seq_start + qi
-    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+    # Scalar 64-bit bases, 32-bit offsets within the sequence (see the forward kernel).
+    q = tl.load(Q + seq_start * stride_qt + h * stride_qh + qi[:, None] * stride_qt + offs_d[None, :],
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :],
+    do = tl.load(DO + seq_start * stride_dot + h * stride_doh + qi[:, None] * stride_dot + offs_d[None, :],
                  mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    lse = tl.load(LSE + h * stride_lh + rows, mask=m_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + h * stride_lh + rows, mask=m_ok, other=0.0)
+    lse = tl.load(LSE + h * stride_lh + seq_start + qi, mask=m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + h * stride_lh + seq_start + qi, mask=m_ok, other=0.0)
+    Kb = K + seq_start * stride_kt + kvh * stride_kh
+    Vb = V + seq_start * stride_vt + kvh * stride_vh
     if HAS_ALIBI:
         slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -246,10 +257,9 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         n_ok = cols < L
-        kv_rows = seq_start + cols
-        k = tl.load(K + kv_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+        k = tl.load(Kb + cols[:, None] * stride_kt + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(V + kv_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+        v = tl.load(Vb + cols[:, None] * stride_vt + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -272,37 +282,61 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
         else:
             dq += tl.dot(ds.to(k.dtype), k)
     dq = dq * sm_scale
-    tl.store(DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
+    tl.store(DQ + seq_start * stride_dqt + h * stride_dqh + qi[:, None] * stride_dqt + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
 # ---------------------------------------------------------------------------------------------
 # Launch configuration. No autotuning: the interpreter cannot run it, and a fixed table keeps the
-# first call cheap. Interpreter blocks are large because its cost is per block-iteration.
+# first call cheap. Interpreter blocks are large because its cost is per block-iteration. The GPU
+# entries were chosen without a GPU: each compiles for sm_90 (bf16/fp16) without register spills
+# (checked with cuobjdump --dump-resource-usage on Triton's cubin; sm_80 has its own entries where
+# the sm_90 ones spill); they are not tuned for speed.
 
 
 def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def _fwd_config(D: int, interpret: bool) -> dict:
+def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> dict:
     if interpret:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
+    if fp32:  # IEEE fp32 dots run on FMA units, not tensor cores: small tiles (a correctness path)
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
     if _block_d(D) <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    if _block_d(D) <= 128:
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
-
-
-def _bwd_config(D: int, interpret: bool) -> dict:
-    if interpret:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
-    if _block_d(D) <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
     if _block_d(D) <= 128:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1)
+        if sm >= 90:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)  # D > 128: spills a little
+
+
+def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tuple[dict, dict]:
+    """(dK/dV kernel config, dQ kernel config)."""
+    if interpret:
+        c = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
+        return c, c
+    if fp32:
+        return (dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1),
+                dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1))
+    if _block_d(D) <= 64:
+        kv = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2) if sm >= 90 else \
+            dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2)
+        return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    if _block_d(D) <= 128:
+        kv = dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2) if sm >= 90 else \
+            dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
+        return kv, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
+    return (dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1),
+            dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))
+
+
+def _sm(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -330,7 +364,12 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     N = cu_seqlens.numel() - 1
     if T == 0 or N == 0 or max_seqlen == 0:
         return out, lse
-    cfg = _fwd_config(D, backends.triton_interpret())
+    cfg = _fwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
+    assert cfg["BLOCK_M"] % cfg["BLOCK_N"] == 0  # the forward's unmasked/masked split relies on it
+    if max_seqlen * max(q.stride(0), k.stride(0), v.stride(0), out.stride(0)) >= 2**31:
+        raise ValueError(f"attention(backend='triton'): a sequence of {max_seqlen} rows with row stride "
+                         f"{max(q.stride(0), k.stride(0), v.stride(0))} overflows the kernels' 32-bit "
+                         "in-sequence offsets; use backend='sdpa' or shorter sequences")
     grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), H, N)
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
@@ -366,20 +405,20 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
         return dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype), dv_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype)
     delta = (do.float() * out.float()).sum(-1).transpose(0, 1).contiguous()  # [H, T]
     lse = lse.contiguous()
-    cfg = _bwd_config(D, backends.triton_interpret())
+    cfg_kv, cfg_q = _bwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
     common = dict(N_REP=H // Hk, HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
-                  HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, **cfg)
+                  HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32)
     slopes = _dummy(alibi_slopes, q)
-    _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_N"]), H, N)](
+    _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg_kv["BLOCK_N"]), H, N)](
         q, k, v, do, lse, delta, dk_h, dv_h, cu_seqlens, slopes,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk_h.stride(0), dk_h.stride(1), dv_h.stride(0), dv_h.stride(1),
-        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common)
-    _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, cfg["BLOCK_M"]), H, N)](
+        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common, **cfg_kv)
+    _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, cfg_q["BLOCK_M"]), H, N)](
         q, k, v, do, lse, delta, dq, cu_seqlens, slopes,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common)
+        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common, **cfg_q)
     if Hk == H:
         return dq, dk_h, dv_h
     return (dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype),
