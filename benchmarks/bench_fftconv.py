@@ -4,7 +4,7 @@
 
 Shapes follow FlashFFTConv's table (B=64, H=768, L=256..32k) and long sequences (B=1, H=256, up
 to 1M). Reports forward and forward+backward time (CUDA: median of ``triton.testing.do_bench``;
-CPU: process CPU time, best of N, the machine being shared)
+CPU: process CPU time on 1 thread, best of N, the machine being shared)
 and peak memory (CUDA: max allocated beyond the inputs; CPU: peak RSS growth), side by side in one
 process, with speedups. Writes a markdown table with the device name to ``benchmarks/results/``.
 
@@ -46,7 +46,8 @@ def device_name(dev: torch.device) -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                n = torch.get_num_threads()
+                return f"{line.split(':', 1)[1].strip()} ({n} thread{'s' if n > 1 else ''})"
     except OSError:
         pass
     return platform.processor() or "cpu"
@@ -87,8 +88,8 @@ def peak_mem(fn, dev) -> float:
 
 def times(fns: dict, dev, reps: int) -> dict:
     """Seconds per call for each fn. CUDA: median of triton.testing.do_bench. CPU: process CPU
-    time (all threads), the methods interleaved rep after rep, best of reps: on a shared,
-    oversubscribed machine wall time mostly measures waiting for a core."""
+    time, the methods interleaved rep after rep, best of reps: on a shared, oversubscribed
+    machine wall time mostly measures waiting for a core."""
     if dev.type == "cuda":
         import triton.testing
 
@@ -147,8 +148,13 @@ def main(argv=None):
                     help="input/output dtype (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--out", default=None, help="markdown output path")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (default 1 on CPU: on a shared machine, idle-spinning worker "
+                         "threads make multi-threaded CPU time meaningless)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
+    if dev.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     if dev.type == "cpu" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and argv is None:
         # large blocks through mmap, returned on free: RSS then tracks live tensors, so the
         # peak-RSS measurement sees each method's own peak rather than glibc's cached heap
@@ -189,7 +195,7 @@ def main(argv=None):
         f"Device: **{name}**; torch {torch.__version__}; dtype {dname} (filters fp32); "
         f"gated causal conv `(u * k + D u) * gate`; omicskern backend: default for the device "
         f"({'triton' if dev.type == 'cuda' else 'torch'}). Times in ms "
-        f"({'median, triton.testing.do_bench' if dev.type == 'cuda' else f'process CPU time over all threads, best of {reps} interleaved runs after a warm-up'}); "
+        f"({'median, triton.testing.do_bench' if dev.type == 'cuda' else f'process CPU time, best of {reps} interleaved runs after a warm-up'}); "
         f"memory is peak MiB beyond the inputs "
         f"({'max_memory_allocated' if dev.type == 'cuda' else 'process peak RSS growth, approximate'}). "
         f"Speedup = HyenaDNA torch.fft time / omicskern time. Total run {elapsed:.0f} s.",
