@@ -75,12 +75,6 @@ struct BinTLS {
     RadixScratch rs;
 };
 
-template <class T>
-BinTLS<T>& bin_tls() {
-    thread_local BinTLS<T> t;
-    return t;
-}
-
 inline uint64_t splitmix64(uint64_t& s) {
     uint64_t z = (s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -115,13 +109,13 @@ std::vector<int64_t> bin_count(const Csr<I, X, T>& m, const int64_t* rows, int64
                                std::vector<uint8_t>* non_integer, int threads) {
     std::vector<int64_t> kept(n_sel, 0);
     non_integer->assign(n_sel, 0);
-    parallel_for(n_sel, threads, [&](int64_t sel) {
-        Stamp& stamp = pass1_stamp();
+    ScratchPool<Stamp> stamps;
+    for_each_blocked(n_sel, threads, stamps, [&](int64_t sel, Stamp& stamp) {
         stamp.begin(static_cast<size_t>(m.n_cols));
         bool non_int = false;
         kept[sel] = count_row(m, rows ? rows[sel] : sel, sel, col_token, stamp, &non_int);
         (*non_integer)[sel] = non_int;
-    }, 64);
+    });
     return kept;
 }
 
@@ -158,8 +152,8 @@ BinResult bin_values(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel, 
     r.values.resize(static_cast<size_t>(r.offsets.back()));
     const int64_t n_out = static_cast<int64_t>(r.out_rows.size());
 
-    parallel_for(n_out, threads, [&](int64_t o) {
-        BinTLS<T>& t = bin_tls<T>();
+    ScratchPool<BinTLS<T>> scratch;
+    for_each_blocked(n_out, threads, scratch, [&](int64_t o, BinTLS<T>& t) {
         const int64_t sel = r.out_rows[o];
         const int64_t row = rows ? rows[sel] : sel;
         int32_t* out_id = r.ids.data() + r.offsets[o];

@@ -11,10 +11,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include "common/threads.h"
 
 namespace omicskern {
 namespace cells {
@@ -61,14 +65,17 @@ __attribute__((always_inline)) inline void check_value(T x, int64_t sel, int64_t
     }
 }
 
-inline void check_column(int64_t c, int64_t n_cols, int64_t sel) {
-    if (c < 0 || c >= n_cols)
-        throw BadCount(sel, c, 0.0, BadCount::BadColumn,
-                       "column index " + std::to_string(c) + " is out of range for " + std::to_string(n_cols) +
-                           " columns");
+[[noreturn]] __attribute__((noinline, cold)) inline void throw_bad_column(int64_t c, int64_t n_cols, int64_t sel) {
+    throw BadCount(sel, c, 0.0, BadCount::BadColumn,
+                   "column index " + std::to_string(c) + " is out of range for " + std::to_string(n_cols) +
+                       " columns");
 }
 
-// Per-thread "seen" marks over a key space, reset in O(1) per row by bumping a tag.
+__attribute__((always_inline)) inline void check_column(int64_t c, int64_t n_cols, int64_t sel) {
+    if (static_cast<uint64_t>(c) >= static_cast<uint64_t>(n_cols)) throw_bad_column(c, n_cols, sel);
+}
+
+// Per-worker "seen" marks over a key space, reset in O(1) per row by bumping a tag.
 struct Stamp {
     std::vector<uint32_t> mark;
     uint32_t tag = 0;
@@ -90,10 +97,45 @@ struct Stamp {
     }
 };
 
-// The pass-1 marks of the calling thread (reached once per row, not per value).
-inline Stamp& pass1_stamp() {
-    thread_local Stamp s;
-    return s;
+// Scratch objects lent to worker blocks (no thread_local: in a shared library every TLS access
+// may go through __tls_get_addr, which showed up at ~8% of the run time).
+template <class S>
+class ScratchPool {
+   public:
+    struct Lease {
+        ScratchPool* pool;
+        std::unique_ptr<S> obj;
+        ~Lease() { pool->give_back(std::move(obj)); }
+        S& operator*() { return *obj; }
+    };
+    Lease lease() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (free_.empty()) return Lease{this, std::make_unique<S>()};
+        std::unique_ptr<S> o = std::move(free_.back());
+        free_.pop_back();
+        return Lease{this, std::move(o)};
+    }
+    void give_back(std::unique_ptr<S> o) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        free_.push_back(std::move(o));
+    }
+
+   private:
+    std::mutex mutex_;
+    std::vector<std::unique_ptr<S>> free_;
+};
+
+// fn(i, scratch) for i in [0, n), in blocks of `block` consecutive items per task, each task with
+// a scratch from the pool. Errors: the lowest failing item wins (items run in order in a block).
+template <class S, class Fn>
+void for_each_blocked(int64_t n, int threads, ScratchPool<S>& pool, Fn&& fn, int64_t block = 32) {
+    const int64_t n_blocks = (n + block - 1) / block;
+    parallel_for(n_blocks, threads, [&](int64_t b) {
+        auto lease = pool.lease();
+        S& s = *lease;
+        const int64_t end = std::min(n, (b + 1) * block);
+        for (int64_t i = b * block; i < end; ++i) fn(i, s);
+    }, 1);
 }
 
 // Stable LSD radix sort of idx[0, n) by key ascending, keys < 2^22 (two 11-bit passes). idx is
@@ -139,10 +181,22 @@ inline void radix_sort22(RadixScratch& s, int64_t n) {
 // whose keys are equal are equal or nearly equal (relative difference below ~2^-18 for values
 // within a few decades); callers finish such runs with an exact comparison.
 inline void keys22(const uint64_t* bits, int64_t n, bool descending, uint32_t* key) {
-    uint64_t lo = ~uint64_t(0), hi = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        lo = bits[i] < lo ? bits[i] : lo;
-        hi = bits[i] > hi ? bits[i] : hi;
+    // four independent min/max chains (one chain is latency-bound on the cmovs)
+    uint64_t lo4[4] = {~uint64_t(0), ~uint64_t(0), ~uint64_t(0), ~uint64_t(0)}, hi4[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int l = 0; l < 4; ++l) {
+            lo4[l] = bits[i + l] < lo4[l] ? bits[i + l] : lo4[l];
+            hi4[l] = bits[i + l] > hi4[l] ? bits[i + l] : hi4[l];
+        }
+    for (; i < n; ++i) {
+        lo4[0] = bits[i] < lo4[0] ? bits[i] : lo4[0];
+        hi4[0] = bits[i] > hi4[0] ? bits[i] : hi4[0];
+    }
+    uint64_t lo = lo4[0], hi = hi4[0];
+    for (int l = 1; l < 4; ++l) {
+        lo = lo4[l] < lo ? lo4[l] : lo;
+        hi = hi4[l] > hi ? hi4[l] : hi;
     }
     const uint64_t range = hi - lo;
     int shift = 0;

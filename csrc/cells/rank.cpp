@@ -19,53 +19,71 @@ namespace omicskern {
 namespace cells {
 namespace {
 
-struct Item {
-    double v;
-    int32_t col;
-    int32_t token;
-};
-
-inline bool before(const Item& a, const Item& b) { return a.v > b.v || (a.v == b.v && a.col < b.col); }
-
 inline uint64_t bits_of(double v) {
     uint64_t b;
     std::memcpy(&b, &v, sizeof(b));
     return b;
 }
 
-// Per-thread scratch of pass 2 (one instance per thread, reached once per row).
+// v[i] = ((x[i] / total) * target_sum) / median[i]: IEEE division and multiplication in this
+// order, lane by lane (vector lanes round exactly like scalar code; there is no add, so nothing
+// to fuse). Cloned for AVX-512 / AVX2, picked at load time, so wide divisions are used where the
+// CPU has them without building for one CPU.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void normalise(const double* __restrict x, const double* __restrict median, double* __restrict v, int64_t n,
+               double total, double target_sum) {
+    for (int64_t i = 0; i < n; ++i) {
+        double t = x[i] / total;
+        t = t * target_sum;
+        v[i] = t / median[i];
+    }
+}
+
+// Scratch of pass 2 (one per worker block).
 struct RankTLS {
-    std::vector<Item> items;
+    std::vector<double> x, med, v;
+    std::vector<int32_t> col, tok;
     std::vector<uint64_t> bits;
+    std::vector<uint32_t> small_idx;
     RadixScratch rs;
     std::vector<double> acc;
     std::vector<int32_t> first_col, order;
     Stamp stamp;
+    void reserve(int64_t n) {
+        if (static_cast<int64_t>(x.size()) < n) {
+            x.resize(n);
+            med.resize(n);
+            v.resize(n);
+            col.resize(n);
+            tok.resize(n);
+            bits.resize(n);
+            small_idx.resize(n);
+        }
+        rs.resize(n);
+    }
 };
 
-RankTLS& rank_tls() {
-    thread_local RankTLS t;
-    return t;
-}
-
-// Writes the tokens of the first k of items[0, n) in `before` order to out. A 2-pass LSD radix
-// sort on 22-bit keys (keys22: highest varying bits of the values) orders all but equal or
-// near-equal values; runs of equal keys are then checked and, when needed, finished with the
-// exact comparator (they are almost always exact ties already in column order).
-void rank_items(Item* items, int64_t n, int64_t k, int32_t* out, RankTLS& t) {
+// Writes the tokens of the first k of n genes, by value descending then column ascending, to out.
+// A 2-pass LSD radix sort on 22-bit keys (keys22: highest varying bits of the values) orders all
+// but equal or near-equal values; runs of equal keys are then checked and, when needed, finished
+// with the exact comparator (they are almost always exact ties already in column order).
+void rank_genes(int64_t n, int64_t k, int32_t* out, RankTLS& t) {
     if (k > n) k = n;
     if (k <= 0) return;
+    const double* v = t.v.data();
+    const int32_t* col = t.col.data();
+    auto before = [v, col](uint32_t a, uint32_t b) { return v[a] > v[b] || (v[a] == v[b] && col[a] < col[b]); };
     if (n <= 96) {
+        uint32_t* idx = t.small_idx.data();
+        for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<uint32_t>(i);
         if (k < n)
-            std::partial_sort(items, items + k, items + n, before);
+            std::partial_sort(idx, idx + k, idx + n, before);
         else
-            std::sort(items, items + n, before);
-        for (int64_t i = 0; i < k; ++i) out[i] = items[i].token;
+            std::sort(idx, idx + n, before);
+        for (int64_t i = 0; i < k; ++i) out[i] = t.tok[idx[i]];
         return;
     }
-    if (static_cast<int64_t>(t.bits.size()) < n) t.bits.resize(n);
-    t.rs.resize(n);
-    for (int64_t i = 0; i < n; ++i) t.bits[i] = bits_of(items[i].v);
+    for (int64_t i = 0; i < n; ++i) t.bits[i] = bits_of(v[i]);
     keys22(t.bits.data(), n, /*descending=*/true, t.rs.key.data());
     radix_sort22(t.rs, n);
     uint32_t* idx = t.rs.idx.data();
@@ -75,14 +93,14 @@ void rank_items(Item* items, int64_t n, int64_t k, int32_t* out, RankTLS& t) {
         const uint32_t kk = key[idx[i]];
         bool ordered = true;
         while (j < n && key[idx[j]] == kk) {
-            if (ordered && before(items[idx[j]], items[idx[j - 1]])) ordered = false;
+            if (ordered && before(idx[j], idx[j - 1])) ordered = false;
             ++j;
         }
-        if (!ordered)
-            std::sort(idx + i, idx + j, [&](uint32_t a, uint32_t b) { return before(items[a], items[b]); });
+        if (!ordered) std::sort(idx + i, idx + j, before);
         i = j;
     }
-    for (int64_t i = 0; i < k; ++i) out[i] = items[idx[i]].token;
+    const int32_t* tok = t.tok.data();
+    for (int64_t i = 0; i < k; ++i) out[i] = tok[idx[i]];
 }
 
 }  // namespace
@@ -97,8 +115,8 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
     const size_t n_slots = static_cast<size_t>(p.n_slots);
 
     // Pass 1: validate, total counts, distinct dictionary genes per cell.
-    parallel_for(n_sel, threads, [&](int64_t sel) {
-        Stamp& stamp = pass1_stamp();
+    ScratchPool<Stamp> stamps;
+    for_each_blocked(n_sel, threads, stamps, [&](int64_t sel, Stamp& stamp) {
         stamp.begin(n_slots);
         const int64_t row = rows ? rows[sel] : sel;
         double total = 0.0;
@@ -126,7 +144,7 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
         r.totals[sel] = total;
         r.non_integer[sel] = non_int;
         has_dup[sel] = dup;
-    }, 64);
+    });
 
     // Output layout (serial prefix sum over lengths).
     const int n_special = (p.cls_id >= 0) + (p.eos_id >= 0);
@@ -143,16 +161,19 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
     const int64_t n_out = static_cast<int64_t>(r.out_rows.size());
 
     // Pass 2: values, rank, write.
-    parallel_for(n_out, threads, [&](int64_t o) {
-        RankTLS& t = rank_tls();
+    ScratchPool<RankTLS> scratch;
+    for_each_blocked(n_out, threads, scratch, [&](int64_t o, RankTLS& t) {
         const int64_t sel = r.out_rows[o];
         const int64_t row = rows ? rows[sel] : sel;
         const double total = r.totals[sel];
         const int64_t b = m.begin(row), e = m.end(row);
         int32_t* out = r.ids.data() + r.offsets[o];
         if (p.cls_id >= 0) *out++ = p.cls_id;
-        if (static_cast<int64_t>(t.items.size()) < e - b) t.items.resize(e - b);
-        Item* items = t.items.data();
+        t.reserve(e - b);
+        double* xs = t.x.data();
+        double* md = t.med.data();
+        int32_t* cols = t.col.data();
+        int32_t* toks = t.tok.data();
         int64_t n = 0;
         if (!has_dup[sel]) {
             for (int64_t q = b; q < e; ++q) {
@@ -161,10 +182,11 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
                 const int64_t c = static_cast<int64_t>(m.indices[q]);
                 const int32_t s = p.col_slot[c];
                 if (s < 0) continue;
-                double v = static_cast<double>(x) / total;
-                v = v * p.target_sum;
-                v = v / p.slot_median[s];
-                items[n++] = {v, p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c), p.slot_token[s]};
+                xs[n] = static_cast<double>(x);
+                md[n] = p.slot_median[s];
+                cols[n] = p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c);
+                toks[n] = p.slot_token[s];
+                ++n;
             }
         } else {
             // Duplicate gene IDs / repeated columns: counts summed per gene before normalising.
@@ -190,14 +212,16 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
                 }
             }
             for (int32_t s : t.order) {
-                double v = t.acc[s] / total;
-                v = v * p.target_sum;
-                v = v / p.slot_median[s];
-                items[n++] = {v, p.slot_col ? p.slot_col[s] : t.first_col[s], p.slot_token[s]};
+                xs[n] = t.acc[s];
+                md[n] = p.slot_median[s];
+                cols[n] = p.slot_col ? p.slot_col[s] : t.first_col[s];
+                toks[n] = p.slot_token[s];
+                ++n;
             }
         }
+        normalise(xs, md, t.v.data(), n, total, p.target_sum);
         const int64_t k = std::min<int64_t>(n, p.max_genes);
-        rank_items(items, n, k, out, t);
+        rank_genes(n, k, out, t);
         out += k;
         if (p.eos_id >= 0) *out++ = p.eos_id;
     }, 16);
