@@ -63,6 +63,7 @@ struct Workspace {
     std::vector<int32_t> init, starts;  // a word's initial symbols and their byte offsets
     std::vector<Sym> sym;  // one cache line serves a symbol's id and links
     std::vector<std::pair<int32_t, int32_t>> toks, wtoks;  // (id, first initial symbol)
+    std::vector<std::pair<int32_t, size_t>> window_starts;
     std::vector<HeapItem> heap;
     std::vector<Block> blocks;   // bucket storage of the current word
     std::vector<int32_t> bhead;  // rank -> newest block of its bucket, -1: empty (kept across words)
@@ -234,7 +235,10 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
         // Order within a rank matters only where occurrences can overlap ("AAA" with A+A: leftmost
         // first) or, in tables where two merges make one token, through HF's staleness test.
         if (a == b || !m.unique_results) std::sort(tmp.begin(), tmp.end());
-        for (const int32_t pos : tmp) {
+        const size_t nt = tmp.size();
+        for (size_t k = 0; k < nt; ++k) {
+            if (k + 6 < nt) __builtin_prefetch(&sym[tmp[k + 6]]);
+            const int32_t pos = tmp[k];
             const int32_t left = sym[pos].id;
             if (left < 0) continue;
             const int32_t nx = sym[pos].next;
@@ -291,9 +295,15 @@ bool merge_windows(const BpeModel& m, Workspace& ws, const int32_t* init, int32_
                    int32_t margin) {
     auto& toks = ws.toks;
     auto& wt = ws.wtoks;
+    auto& done = ws.window_starts;  // (window start, toks.size() before its tokens), to undo windows
+    done.clear();
     int32_t cur = 0;
+    int64_t extra = 0;  // more right context after a failed seam
+    int64_t redo = 0;
+    const int64_t max_redo = 16 + 4 * (n / window);
     while (cur < n) {
-        const int32_t e = static_cast<int32_t>(std::min<int64_t>(n, static_cast<int64_t>(cur) + window + margin));
+        const int32_t e = static_cast<int32_t>(
+            std::min<int64_t>(n, static_cast<int64_t>(cur) + window + margin + extra));
         run_merges(m, ws, init + cur, e - cur, algo);
         wt.clear();
         for (int32_t pos = 0; pos >= 0; pos = ws.sym[pos].next) wt.emplace_back(ws.sym[pos].id, cur + pos);
@@ -316,11 +326,22 @@ bool merge_windows(const BpeModel& m, Workspace& ws, const int32_t* init, int32_
             const Sym* sym = ws.sym.data();
             const int32_t second = sym[0].next;
             if (sym[0].id != toks.back().first || second != b - a || sym[second].id != wt[0].first ||
-                sym[second].next != -1)
-                return false;
+                sym[second].next != -1) {
+                // The previous cut was no true boundary (e.g. inside a long homopolymer): redo the
+                // previous window with 4x more right context (decaying again after successes); give up
+                // (whole word in one piece) after a bounded number of redos.
+                if (++redo > max_redo || done.empty()) return false;
+                cur = done.back().first;
+                toks.resize(done.back().second);
+                done.pop_back();
+                extra = (extra + margin) * 4;
+                continue;
+            }
         }
+        done.emplace_back(cur, toks.size());
         toks.insert(toks.end(), wt.begin(), wt.begin() + static_cast<std::ptrdiff_t>(take));
         cur = next_cur;
+        extra /= 4;
     }
     return true;
 }

@@ -156,6 +156,9 @@ def test_long_homopolymers_cross_windows():
                  random_dna(rng, rng.randint(1, 3000), "ACGTN") for _ in range(25)]
         seqs.append("".join(parts))
     assert_parity(tok, hf, seqs, engines=("auto", "small_windows"))
+    # real-size windows: a homopolymer longer than a window forces redone windows
+    long_run = random_dna(rng, 20_000) + "A" * 40_001 + random_dna(rng, 20_000) + "AT" * 15_000 + "C"
+    assert_parity(tok, hf, [long_run], engines=("auto",))
 
 
 def test_unicode_classes_match_hf():
