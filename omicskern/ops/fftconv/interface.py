@@ -27,7 +27,8 @@ def fast_fft_len(n: int, primes: tuple[int, ...] = (2, 3, 5, 7)) -> int:
     """Smallest even m >= n whose prime factors are all in ``primes`` (pocketFFT/cuFFT fast sizes).
 
     HyenaDNA pads to 2L; any m >= 2L-1 avoids wrap-around, and e.g. L=4097 then costs an FFT of
-    8232 = 2^3 3 7^3 instead of 8194 = 2 17 241 (a slow Bluestein size).
+    8232 = 2^3 3 7^3 instead of 8194 = 2 17 241 (a large prime factor: a slow size for every FFT
+    library).
     """
     m = max(2, n + (n & 1))
     while True:
