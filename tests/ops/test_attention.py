@@ -236,6 +236,7 @@ SDPA_CASES = [
     pytest.param(dict(lens=[1, 17, 113], H=2, D=32), True, False, torch.float32, id="varlen-1,17,113-causal-fp32"),
     pytest.param(dict(B=3, L=65, pad_lens=[1, 65, 30], H=2, D=32), False, True, torch.float32,
                  id="B3-L65-mask1,65,30-alibi-fp32"),
+    pytest.param(dict(B=2, L=113, H=2, D=32), True, True, torch.float16, id="B2-L113-H2-D32-causal-alibi-fp16"),
     pytest.param(dict(lens=[5, 0, 40], H=2, D=16), False, True, torch.float64, id="varlen-5,0,40-alibi-fp64"),
     pytest.param(dict(B=2, L=40, pad_lens=[0, 40], H=2, D=16), True, True, torch.float64,
                  id="B2-L40-mask0,40-causal-alibi-fp64"),

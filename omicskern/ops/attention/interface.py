@@ -34,7 +34,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         * padded: ``q: [B, L, H, D]``, ``k, v: [B, L, Hk, D]``;
         * packed (variable length): ``q: [T, H, D]``, ``k, v: [T, Hk, D]`` with
           ``cu_seqlens: int32 [N + 1]`` (``0, len_0, len_0 + len_1, ..., T``), sequence ``n`` being rows
-          ``cu_seqlens[n]:cu_seqlens[n + 1]``; ``max_seqlen`` (max length, optional) saves a device sync.
+          ``cu_seqlens[n]:cu_seqlens[n + 1]``; ``max_seqlen`` (max length, optional) saves a device sync
+          (on CUDA it is then trusted: rows of a longer sequence past it would be left NaN).
         ``H % Hk == 0`` (grouped-query attention: query head ``h`` uses kv head ``h // (H // Hk)``).
 
     Args:
