@@ -103,7 +103,9 @@ class BinnedValueTokenizer:
         else:
             keys = m.gene_keys(self.gene_column)
         rep = TokenizeReport(method=f"binned-value ({self.n_bins} bins, {self.tie_break} ties)", n_genes=m.n_vars)
-        col_token = np.array([self.vocab.get(k, -1) for k in keys], np.int32)
+        import pandas as pd
+
+        col_token = pd.Series(keys, dtype=object).map(self.vocab).fillna(-1).to_numpy(np.int64).astype(np.int32)
         in_vocab = col_token >= 0
         rep.n_genes_missing = int((~in_vocab).sum())
         rep.missing_examples = [k for k in keys[~in_vocab][:5] if k]

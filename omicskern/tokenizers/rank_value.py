@@ -128,24 +128,24 @@ class RankValueTokenizer:
             keys = m.gene_keys(self.gene_column)
         rep = TokenizeReport(method=f"rank-value ({self.preset}, {self.model_input_size} tokens)",
                              n_genes=m.n_vars)
-        col_slot = np.full(m.n_vars, -1, np.int32)
-        seen: set[int] = set()
-        for j, k in enumerate(keys):
-            if self.symbol_table is not None and k in self.symbol_table:
-                k = self.symbol_table[k]
-                rep.n_symbol_mapped += 1
-            key = k.upper() if self.upper_case_ids else k
-            s = self._slot_of.get(key, self._slot_of.get(k, -1))
-            col_slot[j] = s
-            if s < 0:
-                rep.n_genes_missing += 1
-                if len(rep.missing_examples) < 5 and k:
-                    rep.missing_examples.append(k)
-            else:
-                rep.n_genes_matched += 1
-                if s in seen:
-                    rep.n_duplicate_columns += 1
-                seen.add(s)
+        import pandas as pd
+
+        ser = pd.Series(keys, dtype=object)
+        if self.symbol_table is not None:
+            mapped = ser.map(self.symbol_table)
+            rep.n_symbol_mapped = int(mapped.notna().sum())
+            ser = mapped.where(mapped.notna(), ser)
+        slot_of = pd.Series(self._slot_of, dtype=np.int64) if self._slot_of else pd.Series([], dtype=np.int64)
+        lookup = ser.str.upper() if self.upper_case_ids else ser
+        slots = lookup.map(slot_of)
+        if self.upper_case_ids:  # keys whose upper-case form is unknown: try them as given
+            slots = slots.where(slots.notna(), ser.map(slot_of))
+        col_slot = slots.fillna(-1).to_numpy(np.int64).astype(np.int32)
+        matched = col_slot >= 0
+        rep.n_genes_matched = int(matched.sum())
+        rep.n_genes_missing = m.n_vars - rep.n_genes_matched
+        rep.n_duplicate_columns = rep.n_genes_matched - len(np.unique(col_slot[matched]))
+        rep.missing_examples = [str(k) for k in ser[~matched].head(20) if k][:5]
         if rep.n_genes_matched == 0:
             where = f"var column {self.gene_column!r}" if gene_ids is None and self.gene_column else "gene IDs"
             raise NoMatchingGenesError(
