@@ -356,6 +356,23 @@ def test_triton_rejects_left_padding():
         attention(q, k, v, key_padding_mask=m, backend="triton")
 
 
+@needs_triton
+def test_auto_choice_sends_left_padding_to_sdpa(monkeypatch):
+    from omicskern.ops.attention import interface
+
+    monkeypatch.delenv("OMICSKERN_ATTENTION_BACKEND", raising=False)
+    monkeypatch.setattr(interface, "choose_backend", lambda q, dropout_p=0.0, backend=None: backend or "triton")
+    q, k, v, _ = make_inputs(B=2, L=8, H=1, D=16)
+    m = torch.ones(2, 8, dtype=torch.bool, device=DEV)
+    m[1, :3] = False
+    out = attention(q, k, v, key_padding_mask=m, alibi_slopes=alibi_slopes(1))
+    ref = attention_ref(q.double(), k.double(), v.double(), key_padding_mask=m, alibi_slopes=alibi_slopes(1))
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)
+    m[1] = torch.arange(8) < 5  # right padding stays on the chosen backend
+    out = attention(q, k, v, key_padding_mask=m)
+    assert torch.equal(out, attention(q, k, v, key_padding_mask=m, backend="triton"))
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(q=torch.zeros(2, 5, 2, 8), k=torch.zeros(2, 5, 3, 8)), "multiple of Hk"),
     (dict(q=torch.zeros(2, 5, 2, 8), k=torch.zeros(2, 6, 2, 8)), "does not match q"),

@@ -11,12 +11,13 @@ Backends (see :mod:`omicskern.ops.backends` for the rule):
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import torch
 
 from omicskern.ops import backends
-from omicskern.ops.attention.reference import attention_ref, attention_sdpa
+from omicskern.ops.attention.reference import attention_ref, attention_sdpa, is_right_padded
 
 BACKENDS = ("flash_attn", "triton", "sdpa", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -46,6 +47,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         key_padding_mask: ``bool [B, L]``, True = real token (padded layout only). Padded keys are
             dropped and the output rows of padded queries are 0. The ``triton`` and ``flash_attn``
             backends need right padding (each row True then False); they unpad, run varlen, pad.
+            Other masks go to ``sdpa`` when the backend is chosen automatically.
         softmax_scale: defaults to ``1 / sqrt(D)``.
         dropout_p: attention-probability dropout (``sdpa``, ``reference``, ``flash_attn`` only).
         backend: ``"flash_attn" | "triton" | "sdpa" | "reference"``, or None for the best available
@@ -64,6 +66,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if cu_seqlens is not None and cu_seqlens.dtype != torch.int32:
         cu_seqlens = cu_seqlens.to(torch.int32)
     name = choose_backend(q, dropout_p=dropout_p, backend=backend)
+    if (name in ("triton", "flash_attn") and key_padding_mask is not None and backend is None
+            and not os.environ.get(backends.env_var("attention")) and not is_right_padded(key_padding_mask)):
+        name = "sdpa"  # automatic choice only: unpadding would shift positions of other masks
     kw = dict(causal=causal, alibi_slopes=alibi, softmax_scale=softmax_scale)
     if name == "reference":
         return attention_ref(q, k, v, cu_seqlens=cu_seqlens, key_padding_mask=key_padding_mask,

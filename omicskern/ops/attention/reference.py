@@ -164,6 +164,13 @@ def _pad(x: torch.Tensor, cu_seqlens: torch.Tensor, lens: torch.Tensor, L: int):
     return out.reshape(N, L, *x.shape[1:]), mask, idx
 
 
+def is_right_padded(key_padding_mask: torch.Tensor) -> bool:
+    """Every row is True...True then False...False (one device sync)."""
+    L = key_padding_mask.shape[1]
+    lens = key_padding_mask.sum(dim=1)
+    return torch.equal(key_padding_mask, torch.arange(L, device=key_padding_mask.device)[None, :] < lens[:, None])
+
+
 def unpad_right_padded(key_padding_mask: torch.Tensor, backend: str):
     """Row index of real tokens in the flattened ``[B * L]`` batch, ``cu_seqlens`` and max length.
 
