@@ -165,6 +165,8 @@ def test_bad_dtype():
 # Triton backend (interpreter on CPU: small L; GPU-marked: large L in bf16)
 # ------------------------------------------------------------------------------------------------
 def _check_triton(B, H, L, dtype, causal, k_batched=False, seed=0, device="cpu"):
+    """Forward and all four gradients against the fp64 reference. With a shared k and B > 1 the
+    fused kernel packs two batch rows per complex FFT; B = 1 or per-sample k use single rows."""
     u, k, b, g = make_inputs(B, H, L, dtype, causal=causal, k_batched=k_batched, seed=seed)
     u, k, b, g = (t.to(device).requires_grad_(True) for t in (u, k, b, g))
     y = fft_conv(u, k, b, gate=g, causal=causal, backend="triton")
@@ -181,6 +183,7 @@ def _check_triton(B, H, L, dtype, causal, k_batched=False, seed=0, device="cpu")
 
 TRITON_CASES = [
     pytest.param(2, 3, 1, F32, True, False, id="B2-H3-L1-fp32-causal"),
+    pytest.param(3, 2, 50, F32, False, False, id="B3-H2-L50-fp32-twosided"),  # odd B: a lone row in the last pair
     pytest.param(2, 3, 3, F32, False, False, id="B2-H3-L3-fp32-twosided"),
     pytest.param(2, 3, 17, F32, True, True, id="B2-H3-L17-fp32-causal-kBH"),
     pytest.param(2, 3, 113, F32, False, False, id="B2-H3-L113-fp32-twosided"),

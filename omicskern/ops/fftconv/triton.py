@@ -39,6 +39,7 @@ OUTER_MAX_P = 64        # largest outer DFT (P x P matrix) of the multi-level pa
 MIN_N = 256             # 16 x 16: tl.dot needs every dim >= 16
 MAX_L = 1 << 20
 SCRATCH_BYTES = 1 << 30  # row chunking bound for the large-N path's scratch buffer
+PAIR_ROWS = True        # fused path: two batch rows of one channel per complex FFT
 
 
 def unsupported_reason(L: int, causal: bool) -> str | None:
@@ -184,39 +185,62 @@ def _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1: tl.constexpr, N2: tl.constexpr
 
 
 @triton.jit
+def _load_row(ptr, b64, h64, sb, sh, t, m, MUL_PTR, smb, smh, HAS_MUL: tl.constexpr):
+    x = tl.load(ptr + b64 * sb + h64 * sh + t, mask=m, other=0.0).to(tl.float32)
+    if HAS_MUL:
+        x = x * tl.load(MUL_PTR + b64 * smb + h64 * smh + t, mask=m, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
 def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f2_ptr, tw_ptr,
-                         H, L, in_off, out_off, spec_bstride, sxb, sxh, smb, smh, sob, soh,
+                         B, H, L, in_off, out_off, spec_bstride, sxb, sxh, smb, smh, sob, soh,
                          N1: tl.constexpr, N2: tl.constexpr, HAS_XMUL: tl.constexpr,
-                         HAS_OMUL: tl.constexpr, CONJ: tl.constexpr, PREC: tl.constexpr):
-    """One (b, h) row: out[t] = omul[t] * (irfft(rfft(x*xmul placed at in_off) * spec))[out_off + t].
+                         HAS_OMUL: tl.constexpr, CONJ: tl.constexpr, PAIR: tl.constexpr,
+                         PREC: tl.constexpr):
+    """out[t] = omul[t] * (irfft(rfft(x*xmul placed at in_off) * spec))[out_off + t] for one
+    (b, h) row, or with PAIR for rows (2j, h) and (2j+1, h) at once: when both use the same filter
+    spectrum, z = x_0 + i x_1 needs ONE complex FFT, product and inverse, whose real and
+    imaginary parts are the two results (8 instead of 12 matrix products a row).
 
     x, xmul, omul: any (batch, channel) strides with unit stride along L (Hyena's gates are
     channel slices of one projection: no copies); out is contiguous [B, H, L]."""
-    row = tl.program_id(0)
-    b = row // H
-    h = row % H
-    b64 = b.to(tl.int64)
+    pid = tl.program_id(0)
+    h = pid % H
     h64 = h.to(tl.int64)
+    if PAIR:
+        b = (pid // H) * 2
+    else:
+        b = pid // H
+    b64 = b.to(tl.int64)
     n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
-    base = row.to(tl.int64) * L
     t = n - in_off
     m = (t >= 0) & (t < L)
-    x = tl.load(x_ptr + b64 * sxb + h64 * sxh + t, mask=m, other=0.0).to(tl.float32)
-    if HAS_XMUL:
-        x = x * tl.load(xmul_ptr + b64 * smb + h64 * smh + t, mask=m, other=0.0).to(tl.float32)
-    yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
-    sp = spec_ptr + b.to(tl.int64) * spec_bstride + h.to(tl.int64) * (2 * N1 * N2)
+    x = _load_row(x_ptr, b64, h64, sxb, sxh, t, m, xmul_ptr, smb, smh, HAS_XMUL)
+    if PAIR:
+        L2 = tl.where(b + 1 < B, L, 0)  # the second row exists (odd B: not in the last pair)
+        x2 = _load_row(x_ptr, b64 + 1, h64, sxb, sxh, t, (t >= 0) & (t < L2), xmul_ptr, smb, smh,
+                       HAS_XMUL)
+        yr, yi = _fft2_fwd(x, x2, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, PREC)
+    else:
+        yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+    sp = spec_ptr + b64 * spec_bstride + h64 * (2 * N1 * N2)
     kr, ki = _load_mat(sp, N1, N2, N1 * N2)
     if CONJ:  # correlation (backward) = convolution with the conjugate spectrum
         ki = -ki
     zr = yr * kr - yi * ki
     zi = yr * ki + yi * kr
-    y, _ = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, PREC)
+    y, y2 = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, not PAIR, PREC)
     t = n - out_off
     m = (t >= 0) & (t < L)
     if HAS_OMUL:
         y = y * tl.load(omul_ptr + b64 * sob + h64 * soh + t, mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + base + t, y.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + (b64 * H + h64) * L + t, y.to(out_ptr.dtype.element_ty), mask=m)
+    if PAIR:
+        m2 = (t >= 0) & (t < L2)
+        if HAS_OMUL:
+            y2 = y2 * tl.load(omul_ptr + (b64 + 1) * sob + h64 * soh + t, mask=m2, other=0.0).to(tl.float32)
+        tl.store(out_ptr + ((b64 + 1) * H + h64) * L + t, y2.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -398,11 +422,13 @@ def _pipeline(x, xmul, spec, omul, in_off, out_off, pl, out_dtype, spec_batched,
         N1, N2 = pl["N1"], pl["N2"]
         x, xmul, omul = (_unit_last(t) for t in (x, xmul, omul))
         xmul_, omul_ = (t if t is not None else x for t in (xmul, omul))
-        _fft_conv_fwd_kernel[(rows,)](
+        pair = PAIR_ROWS and not spec_batched and B > 1  # two rows share one filter spectrum
+        _fft_conv_fwd_kernel[(H * triton.cdiv(B, 2) if pair else rows,)](
             x, xmul_, spec, out, omul_, _dft(N1, dev), _dft(N2, dev), _twiddle(N1, N2, N, dev),
-            H, L, in_off, out_off, spec_bstride, x.stride(0), x.stride(1), xmul_.stride(0),
+            B, H, L, in_off, out_off, spec_bstride, x.stride(0), x.stride(1), xmul_.stride(0),
             xmul_.stride(1), omul_.stride(0), omul_.stride(1), N1=N1, N2=N2, HAS_XMUL=xmul is not None,
-            HAS_OMUL=omul is not None, CONJ=conj, PREC=prec, num_warps=8 if N >= 2048 else 4)
+            HAS_OMUL=omul is not None, CONJ=conj, PAIR=pair, PREC=prec,
+            num_warps=8 if N >= 2048 else 4)
         return out
     x = x.contiguous()
     xmul = xmul.contiguous() if xmul is not None else None
