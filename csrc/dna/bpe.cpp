@@ -114,6 +114,11 @@ void split_added(const AddedMatcher& am, const char* s, int64_t n, std::vector<S
     }
     int64_t start_offset = 0, pos = 0;
     while (pos < n) {
+        if (am.single_first >= 0) {  // e.g. every special token starts with '[': jump with memchr
+            const void* hit = std::memchr(s + pos, am.single_first, static_cast<size_t>(n - pos));
+            if (!hit) break;
+            pos = static_cast<const char*>(hit) - s;
+        }
         const unsigned char c = static_cast<unsigned char>(s[pos]);
         if (!am.first[c]) {
             ++pos;
@@ -516,6 +521,14 @@ void AddedMatcher::build(std::vector<AddedToken> toks) {
         first[c] = true;
         by_first[c].push_back(i);
     }
+    single_first = -1;
+    int distinct = 0;
+    for (int c = 0; c < 256; ++c)
+        if (first[c]) {
+            ++distinct;
+            single_first = c;
+        }
+    if (distinct != 1) single_first = -1;
     for (auto& v : by_first)
         std::stable_sort(v.begin(), v.end(), [&](int32_t x, int32_t y) {
             return tokens[x].content.size() > tokens[y].content.size();
@@ -547,7 +560,12 @@ void pre_tokenize(const BpeModel& m, const char* p, int64_t n, int64_t base, int
     const auto* u = reinterpret_cast<const unsigned char*>(p);
     int cur = -1;  // class of the open run, -1: none
     int64_t start = 0;
+    const bool ws_regex = m.pre == PreTok::Whitespace;
     for (int64_t i = 0; i < n;) {
+        if (cur == 0 && ws_regex) {  // inside a \w run (all of a DNA sequence): tight ASCII loop
+            while (i < n && u[i] < 0x80 && m.ascii_class[u[i]] == 0) ++i;
+            if (i >= n) break;
+        }
         const unsigned char c = u[i];
         int cls, clen = 1;
         if (c < 0x80) {

@@ -62,6 +62,7 @@ struct AddedMatcher {
     std::vector<AddedToken> tokens;
     std::vector<std::vector<int32_t>> by_first;  // first byte -> token indices, longest first
     bool first[256] = {};
+    int single_first = -1;  // the one first byte of all tokens, or -1
     void build(std::vector<AddedToken> toks);
     bool empty() const { return tokens.empty(); }
 };
