@@ -105,17 +105,17 @@ py::tuple pad(carray<T> ids, carray<int64_t> offsets, T pad_value, int64_t lengt
 
 }  // namespace
 
+// ids/offsets are .noconvert(): an overload is chosen only for the exact dtype, so a uint8 mask
+// never goes through the int32 overload (forcecast would copy and widen it silently).
 void register_common(py::module_& m) {
-    m.def("ragged_finalize", &finalize<int32_t>, py::arg("ids"), py::arg("offsets"), py::arg("prefix"),
+    m.def("ragged_finalize", &finalize<int32_t>, py::arg("ids").noconvert(), py::arg("offsets").noconvert(), py::arg("prefix"),
           py::arg("suffix"), py::arg("max_length") = -1, py::arg("keep_end") = false, py::arg("num_threads") = 0,
           "Add prefix/suffix tokens to every sequence of a ragged int32 batch and truncate to max_length.");
-    m.def("ragged_finalize", &finalize<uint8_t>, py::arg("ids"), py::arg("offsets"), py::arg("prefix"),
+    m.def("ragged_finalize", &finalize<uint8_t>, py::arg("ids").noconvert(), py::arg("offsets").noconvert(), py::arg("prefix"),
           py::arg("suffix"), py::arg("max_length") = -1, py::arg("keep_end") = false, py::arg("num_threads") = 0);
-    m.def("ragged_pad", &pad<int32_t>, py::arg("ids"), py::arg("offsets"), py::arg("pad_value"),
+    m.def("ragged_pad", &pad<int32_t>, py::arg("ids").noconvert(), py::arg("offsets").noconvert(), py::arg("pad_value"),
           py::arg("length") = -1, py::arg("left") = false, py::arg("num_threads") = 0,
           "Pad a ragged int32 batch to [n, length]; returns (padded, mask).");
-    m.def("ragged_pad", &pad<uint8_t>, py::arg("ids"), py::arg("offsets"), py::arg("pad_value"),
-          py::arg("length") = -1, py::arg("left") = false, py::arg("num_threads") = 0);
-    m.def("ragged_pad", &pad<float>, py::arg("ids"), py::arg("offsets"), py::arg("pad_value"),
+    m.def("ragged_pad", &pad<uint8_t>, py::arg("ids").noconvert(), py::arg("offsets").noconvert(), py::arg("pad_value"),
           py::arg("length") = -1, py::arg("left") = false, py::arg("num_threads") = 0);
 }

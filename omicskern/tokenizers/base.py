@@ -76,7 +76,7 @@ class RaggedBatch:
         soft = None
         if self.soft_mask is not None:
             soft, _ = C.ragged_pad(self.soft_mask.view(np.uint8), self.offsets, np.uint8(0), n_len, left, num_threads)
-            soft = _as_bool(soft)
+            soft = soft.view(bool)
         return PaddedBatch(ids, mask, soft)
 
 
@@ -103,12 +103,6 @@ class PaddedBatch:
 
     def keys(self):
         return [k for k in ("input_ids", "attention_mask", "soft_mask") if getattr(self, k) is not None]
-
-
-def _as_bool(a: np.ndarray) -> np.ndarray:
-    # _C.ragged_pad/ragged_finalize resolve their first (int32) overload for a uint8 array too
-    # (pybind11 forcecast), so a 0/1 mask may come back as int32: a bool view would be garbage.
-    return a.view(bool) if a.dtype.itemsize == 1 else a.astype(bool)
 
 
 def _check_side(side: str, what: str) -> bool:
@@ -255,7 +249,7 @@ class SequenceTokenizer(ABC):
                 soft, _ = C.ragged_finalize(soft, offsets, [0] * len(prefix), [0] * len(suffix), limit,
                                             keep_end, threads)
             ids, offsets = new_ids, new_offsets
-        ragged = RaggedBatch(ids, offsets, None if soft is None else _as_bool(soft))
+        ragged = RaggedBatch(ids, offsets, None if soft is None else soft.view(bool))
         if padding is False:
             return ragged
         length = max_length if padding == "max_length" else None
