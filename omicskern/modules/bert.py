@@ -112,8 +112,8 @@ class QKVSelfAttention(_Attn):
             cos, sin = self.rotary_embeddings.cos_sin(max_seqlen, x.dtype, x.device)
             # Positions restart at 0 in every sequence; rotary scores depend on position differences
             # only, so this equals the reference's padded-axis positions for any padding side.
-            q = apply_rotary(q, cos, sin, cu_seqlens=cu_seqlens, backend=self.rotary_backend)
-            k = apply_rotary(k, cos, sin, cu_seqlens=cu_seqlens, backend=self.rotary_backend)
+            q = apply_rotary(q, cos, sin, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, backend=self.rotary_backend)
+            k = apply_rotary(k, cos, sin, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, backend=self.rotary_backend)
             o = attention(q, k, v, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, softmax_scale=1.0,
                           backend=self.backend)
         else:

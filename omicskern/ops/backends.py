@@ -11,7 +11,6 @@ order of preference *for the inputs at hand* (device, dtype), each with a probe.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import Callable, Mapping, Sequence
@@ -21,9 +20,14 @@ from omicskern.errors import BackendUnavailableError
 Probe = Callable[[], "str | None"]
 
 
-@functools.cache
+# Probed once at import (find_spec does not import the package). Plain module constants rather
+# than functools.cache, so torch.compile traces the probes without warnings.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+
 def has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _HAS_TRITON
 
 
 def triton_interpret() -> bool:
@@ -37,9 +41,8 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@functools.cache
 def has_flash_attn() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    return _HAS_FLASH_ATTN
 
 
 def triton_probe(device_type: str) -> str | None:
