@@ -56,6 +56,7 @@ py::array_t<T> need(const py::object& o, const char* name) {
 struct CsrArgs {
     py::array indptr, indices, data;
     int64_t n_rows, n_cols, base;
+    int64_t span = 0;  // stored values between the first and the last row
     const int64_t* rows = nullptr;
     int64_t n_sel;
     py::array_t<int64_t> rows_arr;
@@ -84,6 +85,7 @@ CsrArgs check_csr(const py::array& indptr, const py::array& indices, const py::a
                                       " (value " + std::to_string(static_cast<int64_t>(p[i])) + ", " +
                                       std::to_string(nnz) + " stored values)");
         }
+        a.span = static_cast<int64_t>(p[a.n_rows]) - static_cast<int64_t>(p[0]);
     };
     if (py::isinstance<py::array_t<int32_t>>(indptr))
         check_ptr(static_cast<const int32_t*>(indptr.data()));
@@ -108,6 +110,12 @@ CsrArgs check_csr(const py::array& indptr, const py::array& indices, const py::a
         a.n_sel = a.n_rows;
     }
     return a;
+}
+
+// Small calls run on one thread: a parallel region costs more than it saves below ~250k stored
+// values (and on a loaded machine its barrier waits for descheduled workers).
+int threads_for(const CsrArgs& a, int num_threads) {
+    return a.span < (int64_t(1) << 18) ? 1 : num_threads;
 }
 
 // Calls fn(Csr<I, X, T>) for the arrays' dtypes.
@@ -179,7 +187,7 @@ py::dict rank_value_py(const py::array& indptr, const py::array& indices, const 
     RankResult r;
     try {
         py::gil_scoped_release nogil;
-        dispatch(a, [&](const auto& m) { r = rank_value(m, a.rows, a.n_sel, p, num_threads); });
+        dispatch(a, [&](const auto& m) { r = rank_value(m, a.rows, a.n_sel, p, threads_for(a, num_threads)); });
     } catch (const BadCount& e) {
         raise_bad_count(e);
     }
@@ -209,7 +217,7 @@ py::tuple bin_count_py(const py::array& indptr, const py::array& indices, const 
     std::vector<uint8_t> non_int;
     try {
         py::gil_scoped_release nogil;
-        dispatch(a, [&](const auto& m) { kept = bin_count(m, a.rows, a.n_sel, col_token.data(), &non_int, num_threads); });
+        dispatch(a, [&](const auto& m) { kept = bin_count(m, a.rows, a.n_sel, col_token.data(), &non_int, threads_for(a, num_threads)); });
     } catch (const BadCount& e) {
         raise_bad_count(e);
     }
@@ -252,7 +260,7 @@ py::dict bin_values_py(const py::array& indptr, const py::array& indices, const 
     BinResult r;
     try {
         py::gil_scoped_release nogil;
-        dispatch(a, [&](const auto& m) { r = bin_values(m, a.rows, a.n_sel, p, num_threads); });
+        dispatch(a, [&](const auto& m) { r = bin_values(m, a.rows, a.n_sel, p, threads_for(a, num_threads)); });
     } catch (const BadCount& e) {
         raise_bad_count(e);
     }

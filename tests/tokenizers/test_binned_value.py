@@ -196,3 +196,17 @@ def test_bad_input():
         BinnedValueTokenizer({"A": 0})
     with pytest.raises(ValueError, match=r"n_bins must be >= 3"):
         BinnedValueTokenizer(vocab, n_bins=2)
+
+
+def test_threaded_path_on_a_large_matrix():
+    # >= 2^18 stored values: the C++ core runs multi-threaded (small calls stay on one thread)
+    rng = np.random.default_rng(3)
+    n_genes = 1500
+    syms = [f"S{j}" for j in range(n_genes)]
+    A = np.where(rng.random((260, n_genes)) < 0.75, rng.integers(1, 6, (260, n_genes)), 0).astype(np.float32)
+    X = sp.csr_matrix(A)
+    assert X.nnz >= 1 << 18
+    vocab = make_vocab(syms)
+    out = BinnedValueTokenizer(vocab, tie_break="random", seed=5, num_threads=2).tokenize(X, gene_ids=syms)
+    toks, vals, rows = bin_ref(X, col_tokens(vocab, syms), cls_id=1, rand_seed=5)
+    assert_same(out, toks, vals, rows)

@@ -312,3 +312,21 @@ def test_dictionary_checks():
     med2[KEYS40[0]] = 0.0
     with pytest.raises(ValueError, match=r"positive and finite"):
         RankValueTokenizer(tok2, med2)
+
+
+def test_threaded_path_on_a_large_matrix():
+    # >= 2^18 stored values: the C++ core runs multi-threaded (small calls stay on one thread)
+    rng = np.random.default_rng(17)
+    n_genes = 1500
+    keys = [f"G{j}" for j in range(n_genes)]
+    A = np.where(rng.random((260, n_genes)) < 0.75, rng.integers(1, 6, (260, n_genes)), 0).astype(np.float32)
+    X = sp.csr_matrix(A)
+    assert X.nnz >= 1 << 18
+    tok, med = make_dicts(keys, medians=(0.5, 1.0, 2.0, 3.7, 11.0))
+    out = RankValueTokenizer(tok, med, preset="V1", model_input_size=300, num_threads=2).tokenize(X, gene_ids=keys)
+    ref, rows = rank_value_ref(X, keys, tok, med, model_input_size=300)
+    assert_same(out, ref, rows)
+    for r in (200, 77, 250):
+        X.data[X.indptr[r] + 3] = -1
+    with pytest.raises(InvalidCountsError, match=r"cell 77,"):
+        RankValueTokenizer(tok, med, num_threads=2).tokenize(X, gene_ids=keys)
