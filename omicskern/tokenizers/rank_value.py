@@ -136,10 +136,11 @@ class RankValueTokenizer:
             rep.n_symbol_mapped = int(mapped.notna().sum())
             ser = mapped.where(mapped.notna(), ser)
         slot_of = pd.Series(self._slot_of, dtype=np.int64) if self._slot_of else pd.Series([], dtype=np.int64)
-        lookup = ser.str.upper() if self.upper_case_ids else ser
-        slots = lookup.map(slot_of)
-        if self.upper_case_ids:  # keys whose upper-case form is unknown: try them as given
-            slots = slots.where(slots.notna(), ser.map(slot_of))
+        slots = ser.map(slot_of)
+        if self.upper_case_ids:  # as Geneformer (ensembl_id.str.upper()); only keys not found as given
+            miss = slots.isna().to_numpy()
+            if miss.any():
+                slots[miss] = ser[miss].str.upper().map(slot_of)
         col_slot = slots.fillna(-1).to_numpy(np.int64).astype(np.int32)
         matched = col_slot >= 0
         rep.n_genes_matched = int(matched.sum())
