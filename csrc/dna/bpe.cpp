@@ -51,6 +51,7 @@ constexpr int32_t kMargin = 1024;   // extra symbols past the cut so that the cu
 
 struct Sym {
     int32_t id, prev, next;  // id -1: merged into its left neighbour
+    int32_t rank;            // bucket engine: rank of the pair (this, next), -1 if none
 };
 
 struct Block {
@@ -220,8 +221,10 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
     };
     for (int32_t i = 0; i + 1 < n; ++i) {
         const int32_t r = pt.find(sym[i].id, sym[i + 1].id);
+        sym[i].rank = r;
         if (r >= 0) push(r, i);
     }
+    sym[n - 1].rank = -1;
     auto& tmp = ws.tmp;
     const int32_t* rank_a = m.rank_a.data();
     const int32_t* rank_b = m.rank_b.data();
@@ -241,8 +244,35 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
         // first) or, in tables where two merges make one token, through HF's staleness test.
         if (a == b || !m.unique_results) std::sort(tmp.begin(), tmp.end());
         const size_t nt = tmp.size();
+        if (m.unique_results) {
+            // Each symbol caches the rank of the pair it starts (-1: none, or merged away), so an
+            // entry is current iff that rank is still r: one load, no neighbour lookup.
+            for (size_t k = 0; k < nt; ++k) {
+                const int32_t pos = tmp[k];
+                if (sym[pos].rank != r) continue;
+                const int32_t nx = sym[pos].next;
+                sym[pos].id = new_id;
+                sym[nx].id = -1;
+                sym[nx].rank = -1;
+                const int32_t nn = sym[nx].next;
+                sym[pos].next = nn;
+                const int32_t pv = sym[pos].prev;
+                int32_t r2 = -1;
+                if (nn >= 0) {
+                    sym[nn].prev = pos;
+                    r2 = pt.find(new_id, sym[nn].id);
+                    if (r2 >= 0) push(r2, pos);
+                }
+                sym[pos].rank = r2;
+                if (pv >= 0) {
+                    const int32_t r3 = pt.find(sym[pv].id, new_id);
+                    sym[pv].rank = r3;
+                    if (r3 >= 0) push(r3, pv);
+                }
+            }
+            continue;
+        }
         for (size_t k = 0; k < nt; ++k) {
-            if (k + 6 < nt) __builtin_prefetch(&sym[tmp[k + 6]]);
             const int32_t pos = tmp[k];
             const int32_t left = sym[pos].id;
             if (left < 0) continue;
@@ -279,7 +309,7 @@ void merge_bucket(const BpeModel& m, Workspace& ws, int32_t n) {
 void run_merges(const BpeModel& m, Workspace& ws, const int32_t* init, int32_t n, int algo) {
     if (static_cast<int32_t>(ws.sym.size()) < n) ws.sym.resize(static_cast<size_t>(n));
     Sym* sym = ws.sym.data();
-    for (int32_t i = 0; i < n; ++i) sym[i] = {init[i], i - 1, i + 1};
+    for (int32_t i = 0; i < n; ++i) sym[i] = {init[i], i - 1, i + 1, -1};
     sym[n - 1].next = -1;
     if (n < 2) return;
     const bool bucket = algo == 2 || (algo == 0 && n >= 48);
