@@ -142,8 +142,10 @@ class CellTokens:
     @classmethod
     def concat(cls, parts: Sequence["CellTokens"], report: TokenizeReport | None = None) -> "CellTokens":
         """Joins chunk results in order. Each part's arrays are released as soon as they are
-        copied, so the peak stays near the output size plus one chunk."""
-        parts = list(parts)
+        copied (a list passed in is emptied in place), so the peak stays near the output size
+        plus one chunk."""
+        if not isinstance(parts, list):
+            parts = list(parts)
         if not parts:
             return cls(np.zeros(0, np.int32), np.zeros(1, np.int64), report=report or TokenizeReport())
         n_tok = sum(len(p.input_ids) for p in parts)
