@@ -330,3 +330,14 @@ def test_threaded_path_on_a_large_matrix():
         X.data[X.indptr[r] + 3] = -1
     with pytest.raises(InvalidCountsError, match=r"cell 77,"):
         RankValueTokenizer(tok, med, num_threads=2).tokenize(X, gene_ids=keys)
+
+
+def test_gene_keys_are_upper_cased_like_geneformer():
+    X = random_counts(12, n_cells=15, n_genes=40)
+    tok, med = make_dicts(KEYS40)
+    lower = [k.lower() for k in KEYS40]
+    out = RankValueTokenizer(tok, med, preset="V1").tokenize(X, gene_ids=lower)
+    ref, rows = rank_value_ref(X, KEYS40, tok, med)
+    assert_same(out, ref, rows)
+    with pytest.raises(NoMatchingGenesError):
+        RankValueTokenizer(tok, med, preset="V1", upper_case_ids=False).tokenize(X, gene_ids=lower)
