@@ -212,3 +212,15 @@ def test_gpu_triton_vs_torch(L):
     (g_ref,) = torch.autograd.grad(y_ref.square().sum(), u)
     torch.testing.assert_close(y, y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(g, g_ref, atol=1e-3, rtol=1e-3)
+
+
+def test_torch_compile_fullgraph():
+    """The operator traces as one graph (torch path on CPU; custom ops on the Triton path)."""
+    op = _random_op(d=16, l_max=64)
+    u = torch.randn(2, 40, 16, requires_grad=True)
+    ref = op(u)
+    y = torch.compile(op, backend="aot_eager", fullgraph=True)(u)
+    torch.testing.assert_close(y, ref)
+    (g,) = torch.autograd.grad(y.sum(), u)
+    (gref,) = torch.autograd.grad(ref.sum(), u)
+    torch.testing.assert_close(g, gref)

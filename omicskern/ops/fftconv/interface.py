@@ -10,8 +10,6 @@ Backends (chosen by :func:`omicskern.ops.backends.choose`, env ``OMICSKERN_FFT_C
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from omicskern.ops import backends
@@ -22,23 +20,43 @@ _OP = "fft_conv"
 # ----------------------------------------------------------------------------------------------
 # FFT sizes
 # ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def fast_fft_len(n: int, primes: tuple[int, ...] = (2, 3, 5, 7)) -> int:
-    """Smallest even m >= n whose prime factors are all in ``primes`` (pocketFFT/cuFFT fast sizes).
+def _smooth_sizes(limit: int = 1 << 40) -> list[int]:
+    out = []
+    p2 = 2  # even sizes only (rfft/irfft pairs)
+    while p2 <= limit:
+        p3 = p2
+        while p3 <= limit:
+            p5 = p3
+            while p5 <= limit:
+                p7 = p5
+                while p7 <= limit:
+                    out.append(p7)
+                    p7 *= 7
+                p5 *= 5
+            p3 *= 3
+        p2 *= 2
+    return sorted(out)
+
+
+_FAST_SIZES = _smooth_sizes()  # ~9k numbers, built once at import (a few ms)
+
+
+def fast_fft_len(n: int) -> int:
+    """Smallest even m >= n whose prime factors are all in {2, 3, 5, 7} (fast FFT sizes for
+    MKL/pocketFFT/cuFFT).
 
     HyenaDNA pads to 2L; any m >= 2L-1 avoids wrap-around, and e.g. L=4097 then costs an FFT of
     8232 = 2^3 3 7^3 instead of 8194 = 2 17 241 (a large prime factor: a slow size for every FFT
-    library).
+    library). A binary search in a table, in plain Python so torch.compile traces it cheaply.
     """
-    m = max(2, n + (n & 1))
-    while True:
-        r = m
-        for p in primes:
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return m
-        m += 2
+    lo, hi = 0, len(_FAST_SIZES) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _FAST_SIZES[mid] < n:
+            lo = mid + 1
+        else:
+            hi = mid
+    return _FAST_SIZES[lo]
 
 
 # ----------------------------------------------------------------------------------------------
