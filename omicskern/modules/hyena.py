@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from omicskern.ops.conv1d import causal_conv1d
@@ -59,7 +58,8 @@ class PositionalEmbedding(nn.Module):
     def __init__(self, emb_dim: int, seq_len: int, lr_pos_emb: float = 0.0):
         super().__init__()
         if emb_dim < 3 or emb_dim % 2 == 0:
-            raise ValueError(f"PositionalEmbedding: emb_dim must be odd and >= 3 (time, cos, sin), got {emb_dim}")
+            raise ValueError("PositionalEmbedding: emb_dim must be odd and >= 3 (time, cos, sin), "
+                             f"got {emb_dim}")
         self.seq_len = seq_len
         t = torch.linspace(0, 1, seq_len)[None, :, None]
         bands = (emb_dim - 1) // 2
@@ -219,7 +219,8 @@ class HyenaOperator(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u: [B, L, d] -> [B, L, d]."""
         if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"HyenaOperator: expected u of shape [B, L, {self.d_model}], got {tuple(u.shape)}")
+            raise ValueError(f"HyenaOperator: expected u of shape [B, L, {self.d_model}], "
+                             f"got {tuple(u.shape)}")
         L = u.shape[-2]
         if L > self.l_max:
             raise ValueError(f"HyenaOperator: sequence length {L} exceeds l_max={self.l_max}")

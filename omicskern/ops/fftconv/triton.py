@@ -539,7 +539,8 @@ def _dk(dy, gate, u, Lk, offset, pl, k_batched):
         for h0 in range(0, H, chunk):
             h1 = min(H, h0 + chunk)
             n, r0, r1 = h1 - h0, b * H + h0, b * H + h1
-            ml.forward(dy2[r0:r1], g2[r0:r1] if g2 is not None else None, offset, ml.bufs[0], ml.bufs[1], inner=True)
+            ml.forward(dy2[r0:r1], g2[r0:r1] if g2 is not None else None, offset,
+                       ml.bufs[0], ml.bufs[1], inner=True)
             ml.forward(u2[r0:r1], None, 0, ml.bufs[2], ml.bufs[3], inner=True)
             a0 = r0 if k_batched else h0
             accr[a0:a0 + n] += ar[:n] * br[:n] + ai[:n] * bi[:n]
