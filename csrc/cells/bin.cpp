@@ -163,28 +163,33 @@ BinResult bin_values(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel, 
             *out_val++ = p.cls_value;
         }
         auto& ent = t.ent;
-        ent.clear();
+        const int64_t rb = m.begin(row), re = m.end(row);
+        if (static_cast<int64_t>(ent.size()) < re - rb) ent.resize(re - rb);
+        int64_t kept = 0;
         bool ordered = true;
-        for (int64_t q = m.begin(row), e = m.end(row); q < e; ++q) {
+        int32_t last = -1;
+        for (int64_t q = rb; q < re; ++q) {
             const T x = m.data[q];
             if (x == 0) continue;
             const int32_t c = static_cast<int32_t>(m.indices[q]);
             if (p.col_token[c] < 0) continue;
-            if (!ent.empty() && c <= ent.back().col) ordered = false;
-            ent.push_back({c, x});
+            ordered &= c > last;
+            last = c;
+            ent[kept++] = {c, x};
         }
+        int64_t n = kept;  // ent keeps its capacity across rows; entries [0, n) are this row's
         if (!ordered) {  // unsorted or repeated columns: sort, then sum repeats (dense semantics)
-            std::sort(ent.begin(), ent.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.col < b.col; });
-            size_t w = 0;
-            for (size_t i = 0; i < ent.size(); ++i) {
+            std::sort(ent.begin(), ent.begin() + n,
+                      [](const Entry<T>& a, const Entry<T>& b) { return a.col < b.col; });
+            int64_t w = 0;
+            for (int64_t i = 0; i < n; ++i) {
                 if (w > 0 && ent[w - 1].col == ent[i].col)
                     ent[w - 1].x = static_cast<T>(ent[w - 1].x + ent[i].x);
                 else
                     ent[w++] = ent[i];
             }
-            ent.resize(w);
+            n = w;
         }
-        const int64_t n = static_cast<int64_t>(ent.size());
         if (n == 0) return;
         // ascending order of the values (exact): radix on 22 bits, then exact fix-up of key runs
         if (static_cast<int64_t>(t.bits.size()) < n) {
