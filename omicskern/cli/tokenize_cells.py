@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     b.add_argument("--vocab", help="scGPT vocab.json (gene symbol -> id)")
     b.add_argument("--n-bins", type=int, default=51)
     b.add_argument("--max-len", type=int, default=None, help="tokens per cell including <cls>")
-    b.add_argument("--truncate", choices=("sample", "top"), default="sample")
+    b.add_argument("--truncate", choices=("sample", "top", "scgpt"), default="sample",
+                   help="over --max-len: seeded subset, most expressed, or scGPT pad_batch replay")
     b.add_argument("--tie-break", choices=("deterministic", "random"), default="deterministic")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--gene-subset", default=None, help="boolean var column (e.g. highly_variable) of genes to keep")

@@ -39,8 +39,11 @@ class BinnedValueTokenizer:
             ``side="both"`` digitize with draws from ``numpy.random.RandomState(seed)``).
         seed: seed of the random tie-break and of the gene sampling.
         max_len: tokens per cell including ``<cls>`` (``None``: all nonzero genes).
-        truncate: ``"sample"`` (seeded random subset, as scGPT's ``pad_batch``) or ``"top"``
-            (most expressed genes); kept genes stay in column order.
+        truncate: ``"sample"`` (seeded random subset in C++, kept genes in column order),
+            ``"top"`` (most expressed genes, column order) or ``"scgpt"``: scGPT's ``pad_batch``
+            replayed exactly - ``np.random.choice(n - 1, max_len - 1, replace=False)`` per cell
+            longer than ``max_len``, from ``RandomState(seed)``, in numpy's permutation order (a
+            Python loop over the long cells only; for reproducing a scGPT run).
         cls_token / pad_token / pad_value: scGPT's ``"<cls>"``, ``"<pad>"``, -2.
         append_cls: prepend ``<cls>`` (value ``cls_value``).
         filter_column, obs_columns, integer_check, skip_empty, chunk_size, num_threads: as
@@ -63,8 +66,8 @@ class BinnedValueTokenizer:
             raise ValueError(f"n_bins must be >= 3, got {n_bins}")
         if tie_break not in ("deterministic", "random"):
             raise ValueError(f"tie_break must be 'deterministic' or 'random', got {tie_break!r}")
-        if truncate not in ("sample", "top"):
-            raise ValueError(f"truncate must be 'sample' or 'top', got {truncate!r}")
+        if truncate not in ("sample", "top", "scgpt"):
+            raise ValueError(f"truncate must be 'sample', 'top' or 'scgpt', got {truncate!r}")
         if integer_check not in ("warn", "error", "ignore"):
             raise ValueError(f"integer_check must be 'warn', 'error' or 'ignore', got {integer_check!r}")
         self.vocab = load_scgpt_vocab(vocab)
@@ -155,6 +158,7 @@ class BinnedValueTokenizer:
             carried = {dst: m.obs_column(src, required=True) for src, dst in self.obs_columns.items()}
             obs_names = None if m.obs_names is None else np.asarray(m.obs_names)
             rs = np.random.RandomState(self.seed) if self.tie_break == "random" else None
+            rs_pad = np.random.RandomState(self.seed) if self.truncate == "scgpt" and self.max_len else None
             C = load_C()
             bar = None
             if progress:
@@ -173,13 +177,17 @@ class BinnedValueTokenizer:
                                                     base=ch.base, num_threads=self.num_threads)
                         rands = rs.random_sample(int(kept.sum()))
                     r = C.cells_bin_values(ch.indptr, ch.indices, ch.data, m.n_vars, col_token, self.quantiles,
-                                           rands=rands, rows=rows, base=ch.base, max_len=self.max_len or 0,
-                                           truncate=self.truncate, seed=self.seed,
+                                           rands=rands, rows=rows, base=ch.base,
+                                           max_len=0 if rs_pad is not None else (self.max_len or 0),
+                                           truncate="sample" if self.truncate == "scgpt" else self.truncate,
+                                           seed=self.seed,
                                            global_rows=ch.start + sel_rows, cls_id=self.cls_id,
                                            cls_value=self.cls_value, skip_empty=self.skip_empty,
                                            num_threads=self.num_threads)
                 except InvalidCountsError as e:
                     rethrow_counts_error(e, m, ch, rows)
+                if rs_pad is not None:
+                    r = self._pad_batch_sample(r, rs_pad)
                 non_int = r["non_integer"]
                 if self.integer_check != "ignore" and non_int.any():
                     k = int(np.argmax(non_int))
@@ -207,6 +215,33 @@ class BinnedValueTokenizer:
         finally:
             if m is not data:
                 m.close()
+
+    def _pad_batch_sample(self, r: dict, rs: np.random.RandomState) -> dict:
+        """scGPT pad_batch's sampling of the cells longer than max_len, in cell order."""
+        ids, vals, offs = r["ids"], r["values"], r["offsets"]
+        lengths = np.diff(offs)
+        long = np.flatnonzero(lengths > self.max_len)
+        if long.size == 0:
+            return r
+        cls = self.append_cls
+        pieces, cursor = [], 0
+        for i in long:
+            a, n = int(offs[i]), int(lengths[i])
+            pieces.append(np.arange(cursor, a))
+            if cls:
+                idx = rs.choice(n - 1, self.max_len - 1, replace=False) + 1
+                idx = np.insert(idx, 0, 0)
+            else:
+                idx = rs.choice(n, self.max_len, replace=False)
+            pieces.append(a + idx)
+            cursor = int(offs[i + 1])
+        pieces.append(np.arange(cursor, len(ids)))
+        take = np.concatenate(pieces)
+        new_len = np.minimum(lengths, self.max_len)
+        out = dict(r)
+        out["ids"], out["values"] = ids[take], vals[take]
+        out["offsets"] = np.concatenate([[0], np.cumsum(new_len)]).astype(np.int64)
+        return out
 
     def tokenize(self, data, *, gene_ids=None, layer: str | None = None, progress: bool = False) -> CellTokens:
         """Tokenizes every cell: ``CellTokens`` with ``input_ids`` (gene tokens, ``<cls>`` first)

@@ -210,3 +210,25 @@ def test_threaded_path_on_a_large_matrix():
     out = BinnedValueTokenizer(vocab, tie_break="random", seed=5, num_threads=2).tokenize(X, gene_ids=syms)
     toks, vals, rows = bin_ref(X, col_tokens(vocab, syms), cls_id=1, rand_seed=5)
     assert_same(out, toks, vals, rows)
+
+
+def test_scgpt_pad_batch_replay():
+    # scGPT's pad_batch after np.random.seed(seed): per cell longer than max_len,
+    # idx = np.random.choice(n - 1, max_len - 1, replace=False) + 1, <cls> kept first
+    X = random_counts(13, n_cells=45, n_genes=40, density=0.5)
+    vocab = make_vocab(SYMS)
+    max_len = 9
+    full = BinnedValueTokenizer(vocab).tokenize(X, gene_ids=SYMS)
+    out = BinnedValueTokenizer(vocab, max_len=max_len, truncate="scgpt", seed=21, chunk_size=10).tokenize(X, gene_ids=SYMS)
+    np.random.seed(21)
+    assert len(out) == len(full)
+    n_long = 0
+    for i in range(len(full)):
+        ids, vals = full[i], full.values_of(i)
+        if len(ids) > max_len:
+            n_long += 1
+            idx = np.insert(np.random.choice(len(ids) - 1, max_len - 1, replace=False) + 1, 0, 0)
+            ids, vals = ids[idx], vals[idx]
+        np.testing.assert_array_equal(out[i], ids)
+        np.testing.assert_array_equal(out.values_of(i), vals)
+    assert n_long > 10
