@@ -341,3 +341,30 @@ def test_gene_keys_are_upper_cased_like_geneformer():
     assert_same(out, ref, rows)
     with pytest.raises(NoMatchingGenesError):
         RankValueTokenizer(tok, med, preset="V1", upper_case_ids=False).tokenize(X, gene_ids=lower)
+
+
+def test_equals_geneformer_argsort_when_values_are_distinct(data_dir):
+    # Geneformer's own call is np.argsort(-v) (unstable): on cells without tied values it must
+    # give exactly our order
+    a = ad.read_h5ad(data_dir / "sc" / "pbmc_10x_v3_small.h5ad")
+    keys = list(a.var["ensembl_id"])
+    rng = np.random.default_rng(4)
+    tok = dict(SPECIALS)
+    med = {}
+    for k in keys:
+        tok[k] = len(tok)
+        med[k] = float(rng.uniform(0.1, 5.0))  # continuous medians: ties are rare
+    out = RankValueTokenizer(tok, med, preset="V1").tokenize(a)
+    X = a.X.tocsr()
+    gtok = np.array([tok[k] for k in keys])
+    gmed = np.array([med[k] for k in keys])
+    checked = 0
+    for i, row in enumerate(out.obs_index):
+        s, e = X.indptr[row], X.indptr[row + 1]
+        cols, x = X.indices[s:e], X.data[s:e].astype(np.float64)
+        v = x / x.sum() * 10_000 / gmed[cols]
+        if len(np.unique(v)) < len(v):
+            continue
+        np.testing.assert_array_equal(out[i], gtok[cols][np.argsort(-v)][:2048])
+        checked += 1
+    assert checked > 1000
