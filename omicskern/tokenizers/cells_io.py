@@ -232,7 +232,14 @@ def _dense_reader(a):
     def read(s, e):
         import scipy.sparse as sp
 
-        blk = sp.csr_matrix(np.asarray(a[s:e]))
+        blk = np.asarray(a[s:e])
+        if blk.dtype.kind not in "fiub" or blk.dtype.kind == "c":
+            raise TypeError(f"counts of dtype {blk.dtype} are not supported (expected integers or floats)")
+        if blk.dtype.kind == "f" and blk.dtype.itemsize < 4:
+            blk = blk.astype(np.float32)  # float16: exact in float32
+        elif blk.dtype.kind == "b":
+            blk = blk.astype(np.int32)
+        blk = sp.csr_matrix(blk)
         return blk.indptr, blk.indices, blk.data, 0
     return read
 

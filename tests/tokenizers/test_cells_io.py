@@ -105,7 +105,7 @@ def test_open_cells_sources_and_chunks(tmp_path, data_dir):
     a = ad.read_h5ad(path)
     ref = a.X.toarray()
     for src in (a, str(path), ad.read_h5ad(path, backed="r"), a.X, a.X.toarray(), sp.csc_matrix(a.X),
-                a.X.astype(np.uint16), a.X.astype(np.int64)):
+                a.X.astype(np.uint16), a.X.astype(np.int64), a.X.toarray().astype(np.float16)):
         m = open_cells(src)
         assert (m.n_obs, m.n_vars) == a.shape
         got = np.zeros_like(ref)
