@@ -29,7 +29,12 @@ inline uint64_t bits_of(double v) {
 // order, lane by lane (vector lanes round exactly like scalar code; there is no add, so nothing
 // to fuse). Cloned for AVX-512 / AVX2, picked at load time, so wide divisions are used where the
 // CPU has them without building for one CPU.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define OMICSKERN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define OMICSKERN_CLONES  // ifunc dispatch is a GCC/ELF feature; elsewhere the baseline build
+#endif
+OMICSKERN_CLONES
 void normalise(const double* __restrict x, const double* __restrict median, double* __restrict v, int64_t n,
                double total, double target_sum) {
     for (int64_t i = 0; i < n; ++i) {
