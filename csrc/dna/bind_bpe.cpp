@@ -112,12 +112,15 @@ std::shared_ptr<BpeModel> make_model(int64_t vocab_size, const std::vector<CharT
     for (int c = 0; c < 128; ++c) m->ascii_class[c] = static_cast<uint8_t>(word_class(static_cast<uint32_t>(c)));
     m->added_raw.build(parse_added(added_raw, vocab_size));
     m->added_norm.build(parse_added(added_norm, vocab_size));
+    build_backtrack(*m);
     return m;
 }
 
 py::tuple encode(const BpeModel& m, const py::object& seqs, int num_threads, bool return_soft_mask, bool uppercase,
                  int algo) {
-    if (algo < 0 || algo > 3) throw py::value_error("algo must be 0 (auto), 1 (heap), 2 (bucket) or 3 (small windows)");
+    if (algo < 0 || algo > 5)
+        throw py::value_error("algo must be 0 (auto), 1 (heap), 2 (bucket), 3 (small windows), 4 (backtrack) or "
+                              "5 (windows)");
     const std::vector<SeqView> views = seq_views(seqs);
     const int64_t n = static_cast<int64_t>(views.size());
     std::vector<std::vector<int32_t>> parts(static_cast<size_t>(n));
@@ -191,11 +194,21 @@ void register_bpe(py::module_& m) {
              "added_raw"_a, "added_norm"_a)
         .def_property_readonly("monotone", [](const BpeModel& b) { return b.monotone; },
                                "True when merges can run on the linear bucket queue (trained BPE tables).")
+        .def_property_readonly("backtrack", [](const BpeModel& b) { return b.bt.ok; },
+                               "True when words of vocabulary letters use the backtracking encoder.")
+        .def("compatible", [](const BpeModel& b, int32_t x, int32_t y) {
+                 if (!b.bt.ok) throw py::value_error("compatible: the backtracking tables are not built");
+                 for (int32_t t : {x, y})
+                     if (t < 0 || t >= b.vocab_size || b.bt.len[t] == 0)
+                         throw py::value_error("compatible: token " + std::to_string(t) + " is not a valid token");
+                 return omicskern::bpe::bt_compatible(b, x, y);
+             }, "x"_a, "y"_a, "Backtracking's pair test: BPE of the two tokens' concatenation gives them back (tests).")
         .def("encode", &omicskern::bpe::encode, "seqs"_a, "num_threads"_a = 0, "return_soft_mask"_a = false,
              "uppercase"_a = false, "algo"_a = 0,
              "Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids.\n"
              "algo: 0 auto, 1 binary heap (HF's algorithm, whole words), 2 bucket queue (monotone tables, whole\n"
-             "words), 3 auto with tiny windows (tests of the long-word path).");
+             "words), 3 bucket/heap with tiny windows (tests of the long-word path), 4 backtracking where it\n"
+             "applies (else 5), 5 bucket/heap with cache-sized windows for long words.");
     m.def("bpe_train", &omicskern::bpe::train_py, "seqs"_a, "vocab_size"_a, "special_tokens"_a, "min_frequency"_a = 0,
           "pre_tokenizer"_a = "whitespace", "initial_alphabet"_a = "", "limit_alphabet"_a = -1,
           "Trains BPE merges on a list of str/bytes. Returns (vocab list[str] by id, merges list[(id, id)]).");

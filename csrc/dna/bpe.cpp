@@ -70,6 +70,8 @@ struct Workspace {
     std::vector<int32_t> bhead;  // rank -> newest block of its bucket, -1: empty (kept across words)
     std::vector<int32_t> tmp;
     std::vector<uint64_t> bits;
+    std::vector<int32_t> bt_toks, bt_starts;  // backtracking engine
+    std::vector<uint64_t> bt_dead;
     std::vector<Segment> segs1, segs2;
     std::vector<std::pair<int64_t, int64_t>> words;
     std::string upper, lower;
@@ -389,6 +391,30 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
     if (len > INT32_MAX - 2)
         throw std::length_error("sequence " + std::to_string(index) + ": a single BPE word longer than 2^31 bytes");
     const bool track = soft != nullptr;
+    const auto* u = reinterpret_cast<const unsigned char*>(w);
+    if ((algo == 0 || algo == 4) && m.bt.ok) {
+        // A word of letters only (DNA): greedy longest match with backtracking (bpe_backtrack.cpp).
+        const int8_t* alpha = m.bt.alpha;
+        int64_t k = 0;
+        while (k < len && alpha[u[k]] >= 0) ++k;
+        const int32_t nt =
+            k == len ? backtrack_word(m, u, static_cast<int32_t>(len), ws.bt_toks, ws.bt_starts, ws.bt_dead) : -1;
+        if (nt >= 0) {
+            const int32_t* bt = ws.bt_toks.data();
+            out.insert(out.end(), bt, bt + nt);
+            if (track) {
+                const int32_t* st = ws.bt_starts.data();
+                for (int32_t j = 0; j < nt; ++j) {
+                    const int64_t a = base + st[j];
+                    const int64_t b = base + (j + 1 < nt ? st[j + 1] : len);
+                    uint8_t lower = 0;
+                    for (int64_t q = a; q < b; ++q) lower |= (orig[q] >= 'a' && orig[q] <= 'z');
+                    soft->push_back(lower);
+                }
+            }
+            return;
+        }
+    }
     // At most one symbol per byte: size once, never shrink (no per-word clearing).
     if (static_cast<int64_t>(ws.init.size()) < len) ws.init.resize(static_cast<size_t>(len));
     if (track && static_cast<int64_t>(ws.starts.size()) < len) ws.starts.resize(static_cast<size_t>(len));
@@ -400,7 +426,6 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
         if (track) starts[n] = start;
         ++n;
     };
-    const auto* u = reinterpret_cast<const unsigned char*>(w);
     int64_t i = 0;
     if (!m.has_affix) {  // fast path: a run of known ASCII characters (DNA)
         const int32_t* tab = m.ascii[0];
@@ -461,8 +486,8 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
     toks.clear();
     // algo 3 (tests): tiny windows, so that short inputs exercise the seams and the fallback.
     const int32_t window = algo == 3 ? 64 : kWindow, margin = algo == 3 ? 16 : kMargin;
-    const int engine = algo == 3 ? 0 : algo;
-    if (!(m.monotone && (algo == 0 || algo == 3) && n > window + margin &&
+    const int engine = algo == 1 || algo == 2 ? algo : 0;
+    if (!(m.monotone && engine == 0 && n > window + margin &&
           merge_windows(m, ws, sy, n, engine, window, margin))) {
         toks.clear();
         run_merges(m, ws, sy, n, engine);
@@ -481,6 +506,15 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
 }
 
 }  // namespace
+
+std::vector<int32_t> merge_symbols(const BpeModel& m, const std::vector<int32_t>& init) {
+    std::vector<int32_t> out;
+    if (init.empty()) return out;
+    Workspace& ws = workspace();
+    run_merges(m, ws, init.data(), static_cast<int32_t>(init.size()), 1);
+    for (int32_t pos = 0; pos >= 0; pos = ws.sym[pos].next) out.push_back(ws.sym[pos].id);
+    return out;
+}
 
 int utf8_decode(const unsigned char* p, int64_t n, uint32_t& cp) {
     const unsigned char c = p[0];

@@ -73,6 +73,43 @@ struct Segment {
     int32_t id;
 };
 
+// Greedy longest-match with backtracking (bpe_backtrack.cpp): for a monotone table whose merges
+// make distinct tokens, the BPE encoding of a word is the only sequence of "valid" tokens (each its
+// own BPE encoding) in which every two neighbours are compatible (BPE of their concatenation gives
+// them back). A depth-first search over a trie of the valid tokens, longest first, finds it.
+struct Backtrack {
+    struct SpineNode {
+        int32_t id;
+        int32_t death;  // rank of the merge consuming this node inside the token (INT32_MAX: the token)
+    };
+    bool ok = false;
+    int32_t K = 0;              // alphabet size (distinct ASCII initial symbols)
+    int8_t alpha[256];          // byte -> alphabet index, -1: not handled here
+    std::vector<int32_t> child;     // node * K + letter -> node, -1; node 0 is the root
+    std::vector<int32_t> node_tok;  // node -> valid token spelled by the path, -1
+    std::vector<int32_t> len;       // token -> length in characters (0: not in the trie)
+    std::vector<int32_t> next_prefix;  // token -> longest proper prefix that is a trie token, -1
+    std::vector<int32_t> rsp_off, lsp_off;  // token -> its right / left spine in rsp / lsp
+    std::vector<SpineNode> rsp, lsp;
+    // The first L0 letters of a match in one load: code (base K, first letter most significant) ->
+    // (node after L0 letters or -1, longest trie token of length <= L0 or -1). L0 = 0: no table.
+    int32_t L0 = 0;
+    std::vector<std::pair<int32_t, int32_t>> jump;
+    // (left, right) -> rank for the compatibility test: 8-byte entries keyed by left * V + right
+    // (V <= 65535), 4x the merges in slots, so the test's lookups stay in L1/L2. Empty: use pairs.
+    std::vector<uint64_t> ptab;
+    uint64_t pmask = 0;
+    int pshift = 63;
+    // The test's first step (last letter of a, first letter of b) without the hash: per token its
+    // last / first letter and their deaths, and a K x K letter-pair rank table.
+    struct Edge {
+        int32_t last_death, first_death;
+        int32_t last_letter, first_letter;
+    };
+    std::vector<Edge> edge;
+    std::vector<int32_t> letter_rank;  // K * K, -1: no merge
+};
+
 enum class PreTok { None = 0, Whitespace = 1, WhitespaceSplit = 2 };
 enum class Norm { None = 0, Lowercase = 1 };
 
@@ -97,11 +134,26 @@ struct BpeModel {
     Norm norm = Norm::None;
     AddedMatcher added_raw, added_norm;
     uint8_t ascii_class[128];  // Whitespace regex class: 0 word (\w), 1 space (\s), 2 other
+    Backtrack bt;              // built by build_backtrack; bt.ok false: not applicable
 };
 
+// Builds m.bt (call last, once everything else in m is set). Leaves bt.ok false when the table is
+// not monotone, two merges make one token, tokens carry a prefix/suffix, or the trie would be huge.
+void build_backtrack(BpeModel& m);
+// Backtracking encoding of one word of n bytes, all with bt.alpha >= 0: token ids into toks[0, k)
+// and their first byte offsets into starts[0, k) (both grown to >= n, never shrunk); returns k, or
+// -1 if no encoding was found (callers fall back to the exact engines).
+int32_t backtrack_word(const BpeModel& m, const unsigned char* u, int32_t n, std::vector<int32_t>& toks,
+                       std::vector<int32_t>& starts, std::vector<uint64_t>& dead);
+// True when BPE of the concatenation of valid tokens a, b gives back [a, b] (bt.ok tables).
+bool bt_compatible(const BpeModel& m, int32_t a, int32_t b);
+// Runs the exact engine on initial symbols (for load-time checks): the resulting ids.
+std::vector<int32_t> merge_symbols(const BpeModel& m, const std::vector<int32_t>& init);
+
 // Encodes sequence `index` (bytes [p, p+n)) into out (ids) and soft (1 where the token covers a
-// lower-case ASCII letter of the input; only when soft != nullptr). algo: 0 auto, 1 heap (whole
-// words), 2 bucket queue (whole words), 3 auto with tiny windows (tests).
+// lower-case ASCII letter of the input; only when soft != nullptr). algo: 0 auto (backtracking
+// where it applies, else 5), 1 heap (whole words), 2 bucket queue (whole words), 3 bucket/heap with
+// tiny windows (tests), 4 backtracking where it applies (else 5), 5 bucket/heap with windows.
 // uppercase: opt-in, ASCII a-z -> A-Z before anything else (added tokens included).
 void encode_sequence(const BpeModel& m, const char* p, int64_t n, int64_t index, int algo, bool uppercase,
                      std::vector<int32_t>& out, std::vector<uint8_t>* soft);

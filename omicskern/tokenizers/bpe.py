@@ -24,7 +24,11 @@ from omicskern.tokenizers.hf_json import BpeSpec, build_tokenizer_json, parse_to
 __all__ = ["BPETokenizer"]
 
 _FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".fas", ".fa.gz", ".fasta.gz", ".fna.gz", ".fas.gz")
-_ALGOS = {"auto": 0, "heap": 1, "bucket": 2, "small_windows": 3}
+# auto: backtracking for words of vocabulary letters when the table allows it, else "windows".
+# backtrack: the same (explicit). windows: bucket queue (heap for short words / non-monotone
+# tables) with long words in cache-sized windows. heap / bucket: one engine on whole words.
+# small_windows: "windows" with 64-symbol windows (tests of the seams).
+_ALGOS = {"auto": 0, "heap": 1, "bucket": 2, "small_windows": 3, "backtrack": 4, "windows": 5}
 
 
 def _read_fasta(path: str | os.PathLike, uppercase: bool, chunk_length: int | None) -> Iterator[str]:
@@ -101,7 +105,7 @@ class BPETokenizer(SequenceTokenizer):
         else:
             pad = (spec.data.get("padding") or {}).get("pad_id")
             self.pad_token_id = spec.vocab.get("[PAD]", pad if isinstance(pad, int) else 0)
-        self.algorithm = "auto"  # "heap" / "bucket" / "small_windows": force one engine (tests)
+        self.algorithm = "auto"  # or a key of _ALGOS: force one engine (tests, benchmarks)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -230,6 +234,11 @@ class BPETokenizer(SequenceTokenizer):
 
     def id_to_token(self, i: int) -> str:
         return self._spec.id_to_token[i]
+
+    @property
+    def backtracking(self) -> bool:
+        """True when words made only of vocabulary letters use the backtracking encoder (see docs/bpe.md)."""
+        return bool(self._model.backtrack)
 
     @property
     def monotone_merges(self) -> bool:

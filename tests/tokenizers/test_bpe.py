@@ -1,7 +1,8 @@
 """BPETokenizer: ids identical to Hugging Face `tokenizers` for the same tokenizer.json.
 
 Every parity check runs all merge engines (HF's heap, the bucket queue, the windowed long-word
-path with tiny windows), so that each is compared with HF on every input.
+path with real and with tiny windows, the backtracking encoder), so that each is compared with HF
+on every input.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omicskern.tokenizers.bpe import BPETokenizer  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DNABERT2 = DATA / "dnabert2_tokenizer.json"
-ENGINES = ("auto", "heap", "bucket", "small_windows")
+ENGINES = ("auto", "heap", "bucket", "small_windows", "windows", "backtrack")
 SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 
 
@@ -133,7 +134,7 @@ _DNABERT2_PAIR = (BPETokenizer.from_file(DNABERT2), Tokenizer.from_file(str(DNAB
                          max_size=80).map("".join), min_size=1, max_size=6))
 def test_hypothesis_parity_dnabert2(seqs):
     tok = _DNABERT2_PAIR[0]
-    assert_parity(tok, _DNABERT2_PAIR[1], seqs, engines=("auto", "small_windows"))
+    assert_parity(tok, _DNABERT2_PAIR[1], seqs, engines=("auto", "small_windows", "backtrack"))
 
 
 @pytest.mark.parametrize("name", ["dnabert2", "hf-ws-template-1000", "omicskern-trained-600"])
@@ -141,7 +142,7 @@ def test_real_genome_parity(vocabularies, lambda_seq, name):
     """The 48.5 kbp lambda genome as one word (windowed long-word path) and as 1 kbp chunks."""
     tok, hf = vocabularies[name]
     chunks = [lambda_seq[i:i + 1000] for i in range(0, len(lambda_seq), 1000)]
-    assert_parity(tok, hf, [lambda_seq] + chunks, engines=("auto", "bucket"))
+    assert_parity(tok, hf, [lambda_seq] + chunks, engines=("auto", "bucket", "windows", "backtrack"))
     tok.algorithm = "small_windows"
     assert tok.encode(lambda_seq).tolist() == hf.encode(lambda_seq).ids
 
@@ -155,10 +156,10 @@ def test_long_homopolymers_cross_windows():
         parts = [rng.choice("ACGT") * rng.randint(1, 3000) if rng.random() < 0.4 else
                  random_dna(rng, rng.randint(1, 3000), "ACGTN") for _ in range(25)]
         seqs.append("".join(parts))
-    assert_parity(tok, hf, seqs, engines=("auto", "small_windows"))
+    assert_parity(tok, hf, seqs, engines=("auto", "small_windows", "backtrack"))
     # real-size windows: a homopolymer longer than a window forces redone windows
     long_run = random_dna(rng, 20_000) + "A" * 40_001 + random_dna(rng, 20_000) + "AT" * 15_000 + "C"
-    assert_parity(tok, hf, [long_run], engines=("auto",))
+    assert_parity(tok, hf, [long_run], engines=("auto", "windows", "backtrack"))
 
 
 def test_unicode_classes_match_hf():
