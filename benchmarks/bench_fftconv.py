@@ -24,20 +24,9 @@ from pathlib import Path
 
 import torch
 
-from omicskern.ops.fftconv import fft_conv
+from omicskern.ops.fftconv import fft_conv, fft_conv_hyenadna_ref
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def hyenadna_fftconv(u, k, D, gate):
-    """HyenaDNA's standalone ``fftconv`` (rfft at 2L, fp32) followed by the gate."""
-    L = u.shape[-1]
-    n = 2 * L
-    k_f = torch.fft.rfft(k, n=n) / n
-    u_f = torch.fft.rfft(u.to(dtype=k.dtype), n=n)
-    y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
-    out = y + u * D.unsqueeze(-1)
-    return out.to(dtype=u.dtype) * gate
 
 
 def device_name(dev: torch.device) -> str:
@@ -111,7 +100,7 @@ def run_case(B, H, L, dtype, dev, reps, backward):
     k = (torch.randn(H, L, generator=g) / L ** 0.5).to(dev)  # filters stay fp32 (as HyenaDNA's)
     D = torch.randn(H, generator=g).to(dev)
     methods = {
-        "hyenadna": hyenadna_fftconv,
+        "hyenadna": fft_conv_hyenadna_ref,  # HyenaDNA's standalone fftconv (rfft at 2L, fp32) + gate
         "omicskern": lambda u, k, D, gate: fft_conv(u, k, D, gate=gate),
     }
     leaves = [x.detach().requires_grad_(True) for x in (u, k, D, gate)]

@@ -114,15 +114,10 @@ def _hyenadna_reference_fftconv():
     """HyenaDNA's own fftconv (standalone_hyenadna.py): rfft/irfft at 2L in fp32, then + u*D, then
     the gate as separate elementwise ops."""
     import omicskern.modules.hyena as hy
+    from omicskern.ops.fftconv import fft_conv_hyenadna_ref
 
     def fftconv(u, k, bias=None, *, gate=None, causal=True, backend=None):
-        L = u.shape[-1]
-        n = 2 * L
-        y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k.float(), n=n) / n, n=n,
-                            norm="forward")[..., :L]
-        y = y + u.float() * bias.float()[:, None]
-        y = y.to(u.dtype)
-        return y * gate if gate is not None else y
+        return fft_conv_hyenadna_ref(u, k, bias, gate=gate)
 
     real = hy.fft_conv
     hy.fft_conv = fftconv

@@ -23,6 +23,7 @@ from omicskern.modules.hyena import HyenaFilter as _OmicsHyenaFilter
 from omicskern.modules.hyena import HyenaOperator as _OmicsHyenaOperator
 from omicskern.modules.mlp import DenseLayerNorm, GatedGeluMLP
 from omicskern.ops.attention import alibi_slopes
+from omicskern.ops.fftconv import fft_conv_hyenadna_ref
 from tests.models._util import backends_on_cpu
 
 # ---- DNABERT-2 stand-in (bert_layers.py's names and signatures; PyTorch attention branch) -------
@@ -180,19 +181,12 @@ def test_dnabert2_remote(dnabert2, backend):
 # ---- HyenaDNA stand-in (modeling_hyena.py's HyenaFilter/HyenaOperator contract) -----------------
 
 
-def _hyenadna_fftconv(u, k, D):
-    n = 2 * u.shape[-1]
-    y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * (torch.fft.rfft(k.float(), n=n) / n), n=n,
-                        norm="forward")[..., : u.shape[-1]]
-    return (y + u * D.unsqueeze(-1)).to(u.dtype)
-
-
 class HyenaFilter(_OmicsHyenaFilter):
     def forward(self, x, L, k=None, bias=None, *args, **kwargs):
         if k is None:
             k = self.filter(L)
         k = k[0] if type(k) is tuple else k
-        return _hyenadna_fftconv(x, k, bias)
+        return fft_conv_hyenadna_ref(x, k, bias)  # modeling_hyena.py's fftconv
 
 
 class HyenaOperator(nn.Module):

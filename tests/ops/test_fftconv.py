@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omicskern.errors import BackendUnavailableError
-from omicskern.ops.fftconv import fast_fft_len, fft_conv, fft_conv_direct_ref, fft_conv_ref
+from omicskern.ops.fftconv import fast_fft_len, fft_conv, fft_conv_direct_ref, fft_conv_hyenadna_ref, fft_conv_ref
 
 F64, F32, F16, BF16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 # (atol, rtol) per input dtype, relative to the output's scale (inputs ~N(0,1), k ~ N(0,1)/sqrt(L)).
@@ -60,6 +60,24 @@ def test_reference_matches_definition(L, causal, k_batched):
     u, k, b, g = make_inputs(2, 3, L, F64, causal=causal, k_batched=k_batched, seed=L)
     torch.testing.assert_close(fft_conv_ref(u, k, b, g, causal),
                                fft_conv_direct_ref(u, k, b, g, causal), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("B,H,L,dtype,gate", [
+    pytest.param(2, 3, 1, F64, True, id="B2-H3-L1-fp64-gate"),
+    pytest.param(2, 3, 17, F64, False, id="B2-H3-L17-fp64"),
+    pytest.param(1, 4, 113, F64, True, id="B1-H4-L113-fp64-gate"),
+    pytest.param(2, 3, 113, F32, True, id="B2-H3-L113-fp32-gate"),  # fp32: TOL[F32]
+])
+def test_hyenadna_ref_matches_reference(B, H, L, dtype, gate):
+    # HyenaDNA's baseline (the benchmarks' yardstick) is the same convolution as fft_conv_ref
+    u, k, b, g = make_inputs(B, H, L, dtype, gate=gate, seed=L)
+    got = fft_conv_hyenadna_ref(u, k, b, g)
+    assert got.dtype == dtype
+    ref = fft_conv_ref(u, k, b, g)
+    if dtype == F64:
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    else:
+        assert_close_scaled(got, ref, dtype, "hyenadna_ref")
 
 
 CASES = [

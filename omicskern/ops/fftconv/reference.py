@@ -39,6 +39,31 @@ def fft_conv_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = N
     return y
 
 
+def fft_conv_hyenadna_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None,
+                          gate: torch.Tensor | None = None) -> torch.Tensor:
+    """HyenaDNA's own causal ``fftconv`` (standalone_hyenadna.py), then the gate: the torch.fft path
+    HyenaDNA users run today, and the baseline the benchmarks compare ``fft_conv`` against.
+
+    y = (irfft(rfft(u, 2L) * rfft(k, 2L) / 2L)[..., :L] + bias[h] u) .to(u.dtype) * gate
+    u, gate: [B, H, L]; k: [H, L]; bias: [H]; returns u's dtype. As in HyenaDNA the FFTs run in
+    the filter's dtype (fp32 filters there), here at least fp32 since torch.fft has no bf16 path;
+    a float64 filter gives a float64 computation.
+
+        >>> u, k, D = torch.randn(2, 4, 17), torch.randn(4, 17), torch.randn(4)
+        >>> y = fft_conv_hyenadna_ref(u, k, D)  # [2, 4, 17]
+    """
+    L = u.shape[-1]
+    n = 2 * L
+    dt = torch.promote_types(k.dtype, torch.float32)
+    k_f = torch.fft.rfft(k.to(dt), n=n) / n
+    u_f = torch.fft.rfft(u.to(dt), n=n)
+    y = torch.fft.irfft(u_f * k_f, n=n, norm="forward")[..., :L]
+    if bias is not None:
+        y = y + u.to(dt) * bias.to(dt)[..., None]
+    y = y.to(u.dtype)
+    return y * gate if gate is not None else y
+
+
 def fft_conv_direct_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
                         gate: torch.Tensor | None = None, causal: bool = True) -> torch.Tensor:
     """The definition as an explicit Toeplitz product in float64 (O(B H L^2): small L only)."""
