@@ -18,51 +18,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
-import re
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, cuda_median_s, device_name, slug, wall_median_s  # first: puts this checkout on sys.path
 
 from omicskern.ops import backends  # noqa: E402
 from omicskern.ops.attention import alibi_slopes, attention, attention_ref  # noqa: E402
 
 
-def device_name(dev: str) -> str:
-    if dev == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:60]
-
-
 def bench(fn, dev: str, reps: int) -> float:
-    """Median seconds per call."""
+    """Median seconds per call (CPU: wall time after one warm-up call)."""
     if dev == "cuda":
-        import triton
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return cuda_median_s(fn, warmup=25, rep=100)
+    return wall_median_s(fn, reps, warmup=1)
 
 
 def flops_fwd(lens, H, D, causal):

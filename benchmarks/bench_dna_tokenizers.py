@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -37,26 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, SHARED, cpu_name, slug  # first: puts this checkout on sys.path
 
-SHARED = Path(os.environ.get("OMICSKERN_SHARED", ROOT.parent / "shared"))
 ECOLI = SHARED / "data" / "dna" / "ecoli_k12_mg1655.fa.gz"
 DNABERT2_JSON = SHARED / "fixtures" / "dnabert2_tokenizer" / "tokenizer.json"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:60]
 
 
 def timeit(fn, budget: float, max_reps: int = 50, warmup: bool = True):

@@ -17,29 +17,14 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import RESULTS, cuda_median_s, device_name  # first: puts this checkout on sys.path
 
-from omicskern.ops.fftconv import fft_conv, fft_conv_hyenadna_ref
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                n = torch.get_num_threads()
-                return f"{line.split(':', 1)[1].strip()} ({n} thread{'s' if n > 1 else ''})"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+from omicskern.ops.fftconv import fft_conv, fft_conv_hyenadna_ref  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,10 +65,7 @@ def times(fns: dict, dev, reps: int) -> dict:
     time, the methods interleaved rep after rep, best of reps: on a shared, oversubscribed
     machine wall time mostly measures waiting for a core."""
     if dev.type == "cuda":
-        import triton.testing
-
-        return {k: triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median") / 1e3
-                for k, f in fns.items()}
+        return {k: cuda_median_s(f, warmup=25, rep=100) for k, f in fns.items()}
     best = {k: float("inf") for k in fns}
     for _ in range(reps):
         for k, f in fns.items():

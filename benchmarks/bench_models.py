@@ -29,35 +29,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def device_name(dev: str) -> str:
-    if dev == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:60]
+from _common import ROOT, cuda_median_s, device_name, slug, wall_median_s  # first: puts this checkout on sys.path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,15 +77,8 @@ def _padded(lengths, vocab, pad, dev, first=None):
 # ------------------------------------------------------------------------------------------------
 def _timeit(fn, dev, reps):
     if dev == "cuda":
-        import triton
-
-        return triton.testing.do_bench(fn, warmup=3, rep=50, return_mode="median") / 1e3
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return cuda_median_s(fn, warmup=3, rep=50)
+    return wall_median_s(fn, reps)
 
 
 @contextlib.contextmanager
