@@ -36,5 +36,20 @@ def save_safetensors(sd: dict, folder: Path, config_from: Path | None = None) ->
     return folder
 
 
+def fixture_arrays(folder: Path) -> tuple:
+    """(inputs.npz, outputs.npz) of a reference fixture folder."""
+    import numpy as np
+
+    folder = Path(folder)
+    return np.load(folder / "inputs.npz"), np.load(folder / "outputs.npz")
+
+
+def fixture_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``folder/model.safetensors`` (a reference fixture's weights)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
 def tensor(x) -> torch.Tensor:
     return torch.from_numpy(x) if not isinstance(x, torch.Tensor) else x

@@ -24,7 +24,7 @@ from omicskern.modules.hyena import HyenaOperator as _OmicsHyenaOperator
 from omicskern.modules.mlp import DenseLayerNorm, GatedGeluMLP
 from omicskern.ops.attention import alibi_slopes
 from omicskern.ops.fftconv import fft_conv_hyenadna_ref
-from tests.models._util import backends_on_cpu
+from tests.models._util import backends_on_cpu, fixture_arrays, fixture_weights
 
 # ---- DNABERT-2 stand-in (bert_layers.py's names and signatures; PyTorch attention branch) -------
 
@@ -132,14 +132,12 @@ class DNABERT2Remote(nn.Module):
 
 @pytest.fixture(scope="module")
 def dnabert2(shared_dir):
-    from safetensors.torch import load_file
-
     d = shared_dir / "fixtures/dnabert2_tiny"
     m = DNABERT2Remote().eval()
-    sd = {k: v for k, v in load_file(str(d / "model.safetensors")).items()
+    sd = {k: v for k, v in fixture_weights(d).items()
           if k.startswith("bert.") and not k.startswith("bert.pooler")}
     m.load_state_dict(sd, strict=True)
-    return m, np.load(d / "inputs.npz"), np.load(d / "outputs.npz")
+    return (m, *fixture_arrays(d))
 
 
 @pytest.mark.parametrize("backend", backends_on_cpu("attention"))
@@ -211,9 +209,7 @@ class HyenaOperator(nn.Module):
 
 @pytest.mark.parametrize("backend", ["torch", "reference", "triton"])
 def test_hyenadna_remote(shared_dir, monkeypatch, backend):
-    from safetensors.torch import load_file
-
-    sd = load_file(str(shared_dir / "fixtures/hyenadna_tiny/model.safetensors"))
+    sd = fixture_weights(shared_dir / "fixtures/hyenadna_tiny")
     pre = "backbone.layers.0.mixer."
     mixer = {k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)}
     remote = HyenaOperator(128, 1026).eval()

@@ -11,17 +11,11 @@ import torch
 from omicskern.errors import CheckpointError
 from omicskern.models import DNABERT2
 from omicskern.models.dnabert2 import DNABERT2Config, dnabert2_padded_reference
-from tests.models._util import backends_on_cpu, save_safetensors
+from tests.models._util import fixture_weights, backends_on_cpu, save_safetensors
 
 FIX = "fixtures/dnabert2_tiny"
 # The fixture README's suggested fp32 tolerance (float64 re-implementations agree to ~2e-6).
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture(scope="module")
-def fix(shared_dir):
-    d = shared_dir / FIX
-    return d, np.load(d / "inputs.npz"), np.load(d / "outputs.npz")
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +152,7 @@ def test_embed_pooling(model, fix):
 def test_automodel_keys_load(fix, tmp_path):
     # BertModel / AutoModel format: no "bert." prefix and no MLM head
     d, inp, out = fix
-    from safetensors.torch import load_file
-
-    sd = {k[len("bert."):]: v for k, v in load_file(str(d / "model.safetensors")).items() if k.startswith("bert.")}
+    sd = {k[len("bert."):]: v for k, v in fixture_weights(d).items() if k.startswith("bert.")}
     save_safetensors(sd, tmp_path, config_from=d)
     m = DNABERT2.from_pretrained(tmp_path)
     assert m.cls is None
@@ -173,9 +165,7 @@ def test_automodel_keys_load(fix, tmp_path):
 
 def test_checkpoint_errors(fix, tmp_path):
     d, _, _ = fix
-    from safetensors.torch import load_file
-
-    sd = load_file(str(d / "model.safetensors"))
+    sd = fixture_weights(d)
     bad = dict(sd)
     del bad["bert.encoder.layer.1.mlp.wo.weight"]
     save_safetensors(bad, tmp_path / "missing", config_from=d)
@@ -209,10 +199,8 @@ def test_checkpoint_errors(fix, tmp_path):
 
 def test_pytorch_bin_loads(fix, tmp_path):
     d, inp, out = fix
-    from safetensors.torch import load_file
-
     shutil.copy(d / "config.json", tmp_path)
-    torch.save(load_file(str(d / "model.safetensors")), tmp_path / "pytorch_model.bin")
+    torch.save(fixture_weights(d), tmp_path / "pytorch_model.bin")
     m = DNABERT2.from_pretrained(tmp_path)
     with torch.no_grad():
         o = m(torch.from_numpy(inp["input_ids"][2:]), torch.from_numpy(inp["attention_mask"][2:]))

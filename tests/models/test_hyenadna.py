@@ -13,17 +13,11 @@ from omicskern.errors import BackendUnavailableError, CheckpointError
 from omicskern.models import HyenaDNA
 from omicskern.models.hyenadna import HyenaDNAConfig
 from omicskern.ops.fftconv import fft_conv_hyenadna_ref
-from tests.models._util import save_safetensors
+from tests.models._util import fixture_weights, save_safetensors
 
 FIX = "fixtures/hyenadna_tiny"
 # The README's suggested fp32 tolerance (float64 re-implementations agree to ~2e-6); 1e-5 for the filter.
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture(scope="module")
-def fix(shared_dir):
-    d = shared_dir / FIX
-    return d, np.load(d / "inputs.npz"), np.load(d / "outputs.npz")
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +78,7 @@ def _key_map(d):
 @pytest.mark.parametrize("fmt", ["weights.ckpt", "weights.ckpt_checkpoint_mixer", "hf_HyenaDNAForCausalLM"])
 def test_released_key_formats(fix, tmp_path, fmt):
     d, inp, out = fix
-    from safetensors.torch import load_file
-
-    sd = load_file(str(d / "model.safetensors"))
+    sd = fixture_weights(d)
     km = _key_map(d)
     renamed = {km[k][fmt]: v for k, v in sd.items()}
     if fmt.startswith("weights.ckpt"):
@@ -160,9 +152,7 @@ def test_gradients_backends_agree(fix):
 
 def test_checkpoint_errors(fix, tmp_path):
     d, _, _ = fix
-    from safetensors.torch import load_file
-
-    sd = load_file(str(d / "model.safetensors"))
+    sd = fixture_weights(d)
     bad = {k: v for k, v in sd.items() if k != "backbone.layers.1.mixer.filter_fn.bias"}
     save_safetensors(bad, tmp_path / "a", config_from=d)
     with pytest.raises(CheckpointError, match=r"missing .*backbone\.layers\.1\.mixer\.filter_fn\.bias"):

@@ -11,17 +11,11 @@ import torch
 
 from omicskern.errors import CheckpointError
 from omicskern.models import NucleotideTransformer
-from tests.models._util import backends_on_cpu, save_safetensors
+from tests.models._util import fixture_weights, backends_on_cpu, save_safetensors
 
 FIX = "fixtures/nt_v2_tiny"
 # README: fp32 re-implementations agree to 2.9e-6; suggested atol = rtol = 1e-4.
 ATOL, RTOL = 1e-4, 1e-4
-
-
-@pytest.fixture(scope="module")
-def fix(shared_dir):
-    d = shared_dir / FIX
-    return d, np.load(d / "inputs.npz"), np.load(d / "outputs.npz")
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +74,7 @@ def test_v2_half_precision(fix, dtype, atol):
 
 def test_v2_checkpoint_errors(fix, tmp_path):
     d, _, _ = fix
-    from safetensors.torch import load_file
-
-    sd = load_file(str(d / "model.safetensors"))
+    sd = fixture_weights(d)
     bad = {k: v for k, v in sd.items() if k != "esm.encoder.layer.0.intermediate.dense.weight"}
     save_safetensors(bad, tmp_path / "a", config_from=d)
     with pytest.raises(CheckpointError, match=r"missing .*esm\.encoder\.layer\.0\.intermediate\.dense\.weight"):
