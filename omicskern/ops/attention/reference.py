@@ -46,6 +46,18 @@ def _alibi_slopes_list(n: int) -> list[float]:
     return power_of_2(p) + _alibi_slopes_list(2 * p)[0::2][: n - p]
 
 
+def _masked_out(L: int, causal: bool, kmask: torch.Tensor | None, device) -> torch.Tensor:
+    """[1 or B, 1, L, L] bool, True where query i may not see key j (causal, key padding)."""
+    drop = torch.zeros(1, 1, L, L, dtype=torch.bool, device=device)
+    if causal:
+        drop = drop | torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+    if kmask is not None:
+        drop = drop | ~kmask[:, None, None, :]
+    # A row with no valid key at all (a sequence of length 0) would give NaN in forward and backward;
+    # it is a padded query, zeroed by the callers, so let it attend anywhere.
+    return drop & ~drop.all(dim=-1, keepdim=True)
+
+
 def _attend_one(q, k, v, *, causal, slopes, kmask, scale, dropout_p):
     """q: [B, L, H, D], k/v: [B, L, H, D] (heads already expanded), compute dtype. -> [B, L, H, D]."""
     L = q.shape[1]
@@ -54,15 +66,7 @@ def _attend_one(q, k, v, *, causal, slopes, kmask, scale, dropout_p):
         pos = torch.arange(L, device=q.device)
         dist = (pos[:, None] - pos[None, :]).abs().to(s.dtype)
         s = s - slopes.to(device=q.device, dtype=s.dtype)[:, None, None] * dist
-    drop = torch.zeros(1, 1, L, L, dtype=torch.bool, device=q.device)
-    if causal:
-        drop = drop | torch.ones(L, L, dtype=torch.bool, device=q.device).triu(1)
-    if kmask is not None:
-        drop = drop | ~kmask[:, None, None, :]
-    # A row with no valid key at all (a sequence of length 0) would give NaN in forward and backward;
-    # it is a padded query, zeroed below, so let it attend anywhere.
-    drop = drop & ~drop.all(dim=-1, keepdim=True)
-    s = s.masked_fill(drop, float("-inf"))
+    s = s.masked_fill(_masked_out(L, causal, kmask, q.device), float("-inf"))
     p = torch.softmax(s, dim=-1)
     if dropout_p > 0.0:
         p = torch.nn.functional.dropout(p, p=dropout_p)
@@ -135,15 +139,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
             pos = torch.arange(L, device=q.device)
             dist = (pos[:, None] - pos[None, :]).abs().float()
             bias = bias - alibi_slopes.to(device=q.device, dtype=torch.float32)[None, :, None, None] * dist
-        drop = torch.zeros(1, 1, L, L, dtype=torch.bool, device=q.device)
-        if causal:
-            drop = drop | torch.ones(L, L, dtype=torch.bool, device=q.device).triu(1)
-        if key_padding_mask is not None:
-            drop = drop | ~key_padding_mask[:, None, None, :]
-        # A row with no valid key (length-0 sequence) is a padded query, zeroed below: unmask it so
-        # that it does not produce NaN, in forward or backward.
-        drop = drop & ~drop.all(dim=-1, keepdim=True)
-        bias = bias.masked_fill(drop, float("-inf")).to(q.dtype)
+        bias = bias.masked_fill(_masked_out(L, causal, key_padding_mask, q.device), float("-inf")).to(q.dtype)
     out = torch.nn.functional.scaled_dot_product_attention(
         qt, kt, vt, attn_mask=bias, dropout_p=dropout_p,
         is_causal=bool(causal and bias is None), scale=softmax_scale)
