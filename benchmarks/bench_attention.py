@@ -17,7 +17,6 @@ Writes ``benchmarks/results/attention_<device>.md``.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch

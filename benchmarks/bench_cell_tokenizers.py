@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -33,22 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, SHARED, cpu_name  # noqa: E402  (also puts the checkout on sys.path)
 
-SHARED = Path(os.environ.get("OMICSKERN_SHARED", ROOT.parent / "shared"))
 N_GENES = 20_000
 NNZ_PER_CELL = 2_000
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 # ---- synthetic data -----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ Output (``--out``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -205,7 +204,6 @@ def run(args) -> int:
         return 2
     config = _config(args, fasta)
     lengths = dict(zip(fa.names, fa.lengths))
-    total = sum(lengths[n] for n in names)
 
     out = Path(args.out) if args.out else None
     sharded = out is not None and out.suffix != ".npz"
