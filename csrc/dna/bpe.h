@@ -95,11 +95,10 @@ struct Backtrack {
     // (node after L0 letters or -1, longest trie token of length <= L0 or -1). L0 = 0: no table.
     int32_t L0 = 0;
     std::vector<std::pair<int32_t, int32_t>> jump;
-    // (left, right) -> rank for the compatibility test: 8-byte entries keyed by left * V + right
-    // (V <= 65535), 4x the merges in slots, so the test's lookups stay in L1/L2. Empty: use pairs.
-    std::vector<uint64_t> ptab;
-    uint64_t pmask = 0;
-    int pshift = 63;
+    // (left, right) -> rank for the compatibility test: dense int16 over ids < dense_n (the spines'
+    // lower nodes are short, early tokens), else the pair table.
+    std::vector<int16_t> dense;
+    int32_t dense_n = 0;
     // The test's first step (last letter of a, first letter of b) without the hash: per token its
     // last / first letter and their deaths, and a K x K letter-pair rank table.
     struct Edge {
