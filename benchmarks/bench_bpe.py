@@ -7,7 +7,8 @@ Also: training a 4096-token vocabulary (omicskern ``BPETokenizer.train`` vs HF `
 
 Timing: median of repeats (one warm-up; a first run longer than the budget is the measurement).
 Wall clock and, for 1 thread, CPU process time (steadier on a shared machine). HF threads:
-``TOKENIZERS_PARALLELISM=false`` vs its rayon pool.
+``TOKENIZERS_PARALLELISM=false`` vs its rayon pool. Also the previous omicskern engine
+(``algorithm="windows"``) for comparison.
 
     python benchmarks/bench_bpe.py            # writes benchmarks/results/bpe_<cpu>.md
     python benchmarks/bench_bpe.py --quick    # 1.2 Mbp of the genome, short budget (< 2 min)
@@ -25,7 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# An idle OpenBLAS pool (started by numpy at import) spins after BLAS calls and its CPU time would
+# count against whichever tokenizer runs next in this process; no BLAS is used here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -102,6 +107,14 @@ def main() -> int:
                          (n_bp / c / 1e6, n_bp / hc / 1e6, hc / c) if threads == 1 else None, same))
             print(rows[-1], flush=True)
 
+    # the previous engine (bucket queue, cache-sized windows), 1 thread, for the record
+    prev = {}
+    ours.algorithm = "windows"
+    for label, seqs in (("10 kbp chunks", chunks), (f"one {n_bp / 1e6:.1f} Mbp string", [genome])):
+        w, c, got = timeit(lambda: ours.encode_batch(seqs, padding=False, num_threads=1), budget)
+        prev[label] = (n_bp / w / 1e6, n_bp / c / 1e6)
+    ours.algorithm = "auto"
+
     # training: 1.2 Mbp (quick: 300 kbp) of 10 kbp chunks, 4096 tokens, Whitespace pre-tokenizer
     train_chunks = chunks[:30 if args.quick else 120]
     train_bp = sum(map(len, train_chunks))
@@ -146,6 +159,10 @@ def main() -> int:
     lines += [
         "", f"Linearity (1 thread): omicskern Mbp/s on the single string / on 10 kbp chunks = {lin:.2f} "
         f"(wall), {lin_cpu:.2f} (CPU time); target >= 0.80.", "",
+        "omicskern's engine: backtracking (greedy longest match + pair-compatibility test; "
+        f"`backtracking={ours.backtracking}`). The previous engine (`algorithm=\"windows\"`: bucket queue, "
+        "cache-sized windows), 1 thread, same run: " + "; ".join(
+            f"{k}: {v[0]:.1f} Mbp/s wall, {v[1]:.1f} Mbp/s CPU" for k, v in prev.items()) + ".", "",
         f"Training 4096 tokens on {train_bp / 1e6:.1f} Mbp ({len(train_chunks)} x 10 kbp, Whitespace "
         f"pre-tokenizer): omicskern {t_ours:.2f} s, HF BpeTrainer {t_hf:.2f} s ({t_hf / t_ours:.1f}x); "
         f"same merges: {'yes' if same_merges else 'no'}.", "",

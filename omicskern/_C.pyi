@@ -44,11 +44,17 @@ class BpeModel:
     @property
     def monotone(self) -> bool:
         """True when merges can run on the linear bucket queue (trained BPE tables)."""
+    @property
+    def backtrack(self) -> bool:
+        """True when words of vocabulary letters use the backtracking encoder."""
+    def compatible(self, x: int, y: int) -> bool:
+        """Backtracking's pair test: BPE of the two valid tokens' concatenation gives them back (tests)."""
     def encode(self, seqs: list[str | bytes], num_threads: int = 0, return_soft_mask: bool = False,
                uppercase: bool = False, algo: int = 0
                ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]:
         """Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids.
-        algo: 0 auto, 1 heap (HF's algorithm), 2 bucket queue, 3 auto with tiny windows (tests)."""
+        algo: 0 auto (backtracking where it applies, else 5), 1 heap (HF's algorithm), 2 bucket queue,
+        3 bucket/heap with tiny windows (tests), 4 backtracking (else 5), 5 bucket/heap with windows."""
 def bpe_train(seqs: list[str | bytes], vocab_size: int, special_tokens: list[str], min_frequency: int = 0,
               pre_tokenizer: str = "whitespace", initial_alphabet: str = "", limit_alphabet: int = -1
               ) -> tuple[list[str], list[tuple[int, int]]]:

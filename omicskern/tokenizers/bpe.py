@@ -1,8 +1,10 @@
 """BPETokenizer: Hugging Face ``tokenizer.json`` BPE (DNABERT-2 and alike) with HF-exact ids, in C++.
 
 Loading a ``tokenizer.json`` gives exactly the ids ``tokenizers.Tokenizer`` gives for the same file,
-for every input (lower case, N, whitespace, punctuation, literal special tokens, non-ASCII), while
-running the merges in linear time (a bucket queue over merge ranks) and in parallel over sequences.
+for every input (lower case, N, whitespace, punctuation, literal special tokens, non-ASCII), in
+linear time and in parallel over sequences: words made only of vocabulary letters (DNA) go through an
+exact backtracking encoder (greedy longest match over a trie of the tokens, checked by an O(depth)
+pair-compatibility test), everything else through HF's merge order on a bucket queue over ranks.
 ``BPETokenizer.train`` learns a vocabulary from strings or FASTA files, as DNABERT-2 did with HF's
 ``BpeTrainer`` (same merges on the same corpus), and writes a ``tokenizer.json`` that HF loads.
 """
