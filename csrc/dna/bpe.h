@@ -99,13 +99,17 @@ struct Backtrack {
     // lower nodes are short, early tokens), else the pair table.
     std::vector<int16_t> dense;
     int32_t dense_n = 0;
-    // The test's first step (last letter of a, first letter of b) without the hash: per token its
-    // last / first letter and their deaths, and a K x K letter-pair rank table.
-    struct Edge {
+    // Everything the search and the test read about a token, in one 32-byte record (one cache line
+    // per token): its length, next_prefix, its spines, and for the test's first step (last letter of
+    // a, first letter of b; read from a K x K letter-pair table) those letters and their deaths.
+    struct Tok {
+        int32_t len, next_prefix;
         int32_t last_death, first_death;
-        int32_t last_letter, first_letter;
+        int32_t rsp, lsp;  // offsets of the spines in rsp / lsp
+        int16_t last_letter, first_letter;
+        int16_t rsp_n, lsp_n;
     };
-    std::vector<Edge> edge;
+    std::vector<Tok> tok;
     std::vector<int32_t> letter_rank;  // K * K, -1: no merge
 };
 

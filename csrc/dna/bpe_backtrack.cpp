@@ -40,12 +40,10 @@ constexpr int32_t kBtDense = 512;  // ids below this: int16 rank table (512 KB)
 struct BtView {
     const Backtrack::SpineNode* rsp;
     const Backtrack::SpineNode* lsp;
-    const int32_t* rsp_off;
-    const int32_t* lsp_off;
     const int16_t* dense;
     uint32_t dense_n;
     const BpeModel* m;
-    const Backtrack::Edge* edge;
+    const Backtrack::Tok* tok;
     const int32_t* letter_rank;
     int32_t K;
 
@@ -53,12 +51,10 @@ struct BtView {
         const Backtrack& bt = model.bt;
         rsp = bt.rsp.data();
         lsp = bt.lsp.data();
-        rsp_off = bt.rsp_off.data();
-        lsp_off = bt.lsp_off.data();
         dense = bt.dense.data();
         dense_n = static_cast<uint32_t>(bt.dense_n);
         m = &model;
-        edge = bt.edge.data();
+        tok = bt.tok.data();
         letter_rank = bt.letter_rank.data();
         K = bt.K;
     }
@@ -71,17 +67,17 @@ struct BtView {
 
     inline bool compatible(int32_t a, int32_t b) const {
         // Step 0, the two letters at the boundary, from small tables (half the failures end here).
-        const Backtrack::Edge ea = edge[a], eb = edge[b];
-        const int32_t r0 = letter_rank[ea.last_letter * K + eb.first_letter];
+        const Backtrack::Tok& ta = tok[a];
+        const Backtrack::Tok& tb = tok[b];
+        const int32_t r0 = letter_rank[ta.last_letter * K + tb.first_letter];
         if (static_cast<uint32_t>(r0) <
-            std::min(static_cast<uint32_t>(ea.last_death), static_cast<uint32_t>(eb.first_death) + 1u))
+            std::min(static_cast<uint32_t>(ta.last_death), static_cast<uint32_t>(tb.first_death) + 1u))
             return false;
-        const bool adv0 = ea.last_death <= eb.first_death;
-        const int32_t ra = rsp_off[a], lb = lsp_off[b];
-        const Backtrack::SpineNode* x = rsp + ra + adv0;
-        const Backtrack::SpineNode* y = lsp + lb + !adv0;
+        const bool adv0 = ta.last_death <= tb.first_death;
+        const Backtrack::SpineNode* x = rsp + ta.rsp + adv0;
+        const Backtrack::SpineNode* y = lsp + tb.lsp + !adv0;
         // Every step moves one spine up, so the sweep takes |spine(a)| + |spine(b)| - 1 steps.
-        const int32_t steps = (rsp_off[a + 1] - ra) + (lsp_off[b + 1] - lb) - 2;
+        const int32_t steps = ta.rsp_n + tb.lsp_n - 2;
         for (int32_t k = 0; k < steps; ++k) {
             const Backtrack::SpineNode xn = *x, yn = *y;
             const int32_t r = find(xn.id, yn.id);
@@ -122,8 +118,7 @@ int32_t backtrack_word(const BpeModel& m, const unsigned char* u, int32_t n, std
     const int32_t* child = bt.child.data();
     const int32_t* node_tok = bt.node_tok.data();
     const int8_t* alpha = bt.alpha;
-    const int32_t* len = bt.len.data();
-    const int32_t* next_prefix = bt.next_prefix.data();
+    const Backtrack::Tok* rec = bt.tok.data();
     const int32_t L0 = bt.L0;
     const std::pair<int32_t, int32_t>* jump = bt.jump.data();
     auto longest = [&](int32_t pos) {
@@ -156,10 +151,10 @@ int32_t backtrack_word(const BpeModel& m, const unsigned char* u, int32_t n, std
             dd[pos >> 6] |= 1ull << (pos & 63);
             --top;
             pos = st[top];
-            t = next_prefix[tk[top]];
+            t = rec[tk[top]].next_prefix;
             continue;
         }
-        const int32_t end = pos + len[t];
+        const int32_t end = pos + rec[t].len;
         if (!((dd[end >> 6] >> (end & 63)) & 1) && (top == 0 || view.compatible(tk[top - 1], t))) {
             tk[top] = t;
             st[top] = pos;
@@ -168,7 +163,7 @@ int32_t backtrack_word(const BpeModel& m, const unsigned char* u, int32_t n, std
             if (pos == n) break;
             t = longest(pos);
         } else {
-            t = next_prefix[t];
+            t = rec[t].next_prefix;
         }
     }
     return top;
@@ -275,11 +270,15 @@ void build_backtrack(BpeModel& m) {
         }
         off[V] = static_cast<int32_t>(sp.size());
     }
-    bt.edge.assign(V, Backtrack::Edge{0, 0, 0, 0});
+    bt.tok.assign(V, Backtrack::Tok{0, -1, 0, 0, 0, 0, 0, 0, 0, 0});
     for (int32_t id = 0; id < V; ++id) {
         if (!valid[id]) continue;
         const Backtrack::SpineNode xr = bt.rsp[bt.rsp_off[id]], yl = bt.lsp[bt.lsp_off[id]];
-        bt.edge[id] = {xr.death, yl.death, letter[xr.id], letter[yl.id]};
+        const int32_t rn = bt.rsp_off[id + 1] - bt.rsp_off[id], ln = bt.lsp_off[id + 1] - bt.lsp_off[id];
+        if (rn > INT16_MAX || ln > INT16_MAX) return;  // absurdly deep merge trees
+        bt.tok[id] = {bt.len[id], bt.next_prefix[id], xr.death, yl.death, bt.rsp_off[id], bt.lsp_off[id],
+                      static_cast<int16_t>(letter[xr.id]), static_cast<int16_t>(letter[yl.id]),
+                      static_cast<int16_t>(rn), static_cast<int16_t>(ln)};
     }
     bt.letter_rank.assign(static_cast<size_t>(K) * K, -1);
     std::vector<int32_t> letters;
