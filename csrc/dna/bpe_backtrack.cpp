@@ -226,7 +226,7 @@ void build_backtrack(BpeModel& m) {
         for (int32_t s : str[id]) {
             const size_t slot = static_cast<size_t>(node) * K + letter[s];
             if (bt.child[slot] < 0) {
-                if (bt.node_tok.size() * K > (size_t{1} << 26)) return;  // trie too big
+                if (bt.node_tok.size() * K > (size_t{1} << 22)) return;  // trie over 16 MB: not worth it
                 bt.child[slot] = static_cast<int32_t>(bt.node_tok.size());
                 bt.node_tok.push_back(-1);
                 bt.child.resize(bt.child.size() + K, -1);
