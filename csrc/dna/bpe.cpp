@@ -393,26 +393,54 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
     const bool track = soft != nullptr;
     const auto* u = reinterpret_cast<const unsigned char*>(w);
     if ((algo == 0 || algo == 4) && m.bt.ok) {
-        // A word of letters only (DNA): greedy longest match with backtracking (bpe_backtrack.cpp).
+        // Words of letters (DNA): greedy longest match with backtracking (bpe_backtrack.cpp). With
+        // an [UNK] that no merge uses, other ASCII characters (N, soft-masked bases for a vocabulary
+        // without lower case) become [UNK] symbols that no merge can cross: the letter runs between
+        // them are encoded on their own, the [UNK]s emitted as HF does (one per character, or one
+        // per run with fuse_unk). Anything else (non-ASCII, no such [UNK]) takes the engines below.
         const int8_t* alpha = m.bt.alpha;
         int64_t k = 0;
         while (k < len && alpha[u[k]] >= 0) ++k;
-        const int32_t nt =
-            k == len ? backtrack_word(m, u, static_cast<int32_t>(len), ws.bt_toks, ws.bt_starts, ws.bt_dead) : -1;
-        if (nt >= 0) {
-            const int32_t* bt = ws.bt_toks.data();
-            out.insert(out.end(), bt, bt + nt);
-            if (track) {
-                const int32_t* st = ws.bt_starts.data();
-                for (int32_t j = 0; j < nt; ++j) {
-                    const int64_t a = base + st[j];
-                    const int64_t b = base + (j + 1 < nt ? st[j + 1] : len);
+        bool whole = k == len;
+        if (!whole && m.bt.unk_inert) {
+            whole = true;
+            for (int64_t q = k; q < len && whole; ++q) whole = u[q] < 0x80;
+        }
+        if (whole) {
+            const size_t out0 = out.size(), soft0 = track ? soft->size() : 0;
+            auto emit = [&](int32_t id, int64_t a, int64_t b) {
+                out.push_back(id);
+                if (track) {
                     uint8_t lower = 0;
-                    for (int64_t q = a; q < b; ++q) lower |= (orig[q] >= 'a' && orig[q] <= 'z');
+                    for (int64_t q = base + a; q < base + b; ++q) lower |= (orig[q] >= 'a' && orig[q] <= 'z');
                     soft->push_back(lower);
                 }
+            };
+            bool ok = true;
+            for (int64_t a = 0; a < len && ok;) {
+                int64_t b = a;
+                if (alpha[u[a]] >= 0) {
+                    while (b < len && alpha[u[b]] >= 0) ++b;
+                    const int32_t nt = backtrack_word(m, u + a, static_cast<int32_t>(b - a), ws.bt_toks,
+                                                      ws.bt_starts, ws.bt_dead);
+                    if (nt < 0) {
+                        ok = false;
+                        break;
+                    }
+                    const int32_t* bt = ws.bt_toks.data();
+                    const int32_t* st = ws.bt_starts.data();
+                    for (int32_t j = 0; j < nt; ++j) emit(bt[j], a + st[j], a + (j + 1 < nt ? st[j + 1] : b - a));
+                } else {
+                    while (b < len && alpha[u[b]] < 0) ++b;
+                    if (m.fuse_unk) emit(m.unk_id, a, b);
+                    else
+                        for (int64_t q = a; q < b; ++q) emit(m.unk_id, q, q + 1);
+                }
+                a = b;
             }
-            return;
+            if (ok) return;
+            out.resize(out0);  // cannot happen (see bpe_backtrack.cpp); the exact engines take over
+            if (track) soft->resize(soft0);
         }
     }
     // At most one symbol per byte: size once, never shrink (no per-word clearing).

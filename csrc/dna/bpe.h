@@ -83,6 +83,7 @@ struct Backtrack {
         int32_t death;  // rank of the merge consuming this node inside the token (INT32_MAX: the token)
     };
     bool ok = false;
+    bool unk_inert = false;     // unk_id >= 0 and no merge uses it (a hard boundary), no byte fallback
     int32_t K = 0;              // alphabet size (distinct ASCII initial symbols)
     int8_t alpha[256];          // byte -> alphabet index, -1: not handled here
     std::vector<int32_t> child;     // node * K + letter -> node, -1; node 0 is the root

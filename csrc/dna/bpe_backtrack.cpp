@@ -323,6 +323,10 @@ void build_backtrack(BpeModel& m) {
                 bt.dense[static_cast<size_t>(a) * bt.dense_n + b] = static_cast<int16_t>(m.pairs.find(a, b));
         }
     }
+    bt.unk_inert = m.unk_id >= 0 && !m.byte_fallback;
+    for (int32_t r = 0; r < m.n_ranks && bt.unk_inert; ++r)
+        if (m.rank_a[r] == m.unk_id || m.rank_b[r] == m.unk_id || m.rank_new_id[r] == m.unk_id)
+            bt.unk_inert = false;
     bt.ok = true;
 }
 

@@ -157,3 +157,44 @@ def test_many_random_vocabularies(seed):
     seqs = [random_dna(rng, rng.randint(1, 3000), alphabet) for _ in range(6)]
     seqs += ["".join(rng.choice(letters) * rng.randint(1, 80) for _ in range(40)) for _ in range(3)]
     assert_parity(tok, hf, seqs, engines=("backtrack", "heap"))
+
+
+@pytest.mark.parametrize("fuse_unk", [False, True], ids=["separate-unk", "fuse-unk"])
+def test_unknown_characters_split_words_exactly(fuse_unk):
+    """N / lower case / other ASCII inside a word: [UNK]s that no merge uses cut it into letter runs,
+    each encoded by backtracking; HF's [UNK] rules (fused or not) and the soft mask are kept."""
+    rng = random.Random(21 + fuse_unk)
+    corpus = [random_dna(rng, rng.randint(20, 300), "ACGTTTAAA") for _ in range(50)]
+    hf = Tokenizer(models.BPE(unk_token="[UNK]", fuse_unk=fuse_unk))
+    hf.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=SPECIALS,
+                                                       show_progress=False))
+    text = hf.to_str()
+    tok, hf = BPETokenizer.from_json_str(text), Tokenizer.from_str(text)
+    assert tok.backtracking
+    seqs = [random_dna(rng, n, "ACGTACGTNnacgt-*") for n in (1, 2, 7, 100, 3000)]
+    seqs += ["N" * 50, "ACGT" + "N" * 1000 + "TTTT", "acgtACGTnnnAAAA" * 20, "A" * 300 + "x" + "A" * 300]
+    assert_parity(tok, hf, seqs, engines=ENGINES)
+    up = BPETokenizer.from_json_str(text, uppercase=True)
+    batch = up.encode_batch(seqs, padding=False, return_soft_mask=True, add_special_tokens=False)
+    for i, s in enumerate(seqs):
+        enc = hf.encode(s.upper(), add_special_tokens=False)
+        assert batch[i].tolist() == enc.ids
+        mask = batch.soft_mask[batch.offsets[i]:batch.offsets[i + 1]].tolist()
+        assert mask == [any(c.islower() for c in s[a:b]) for a, b in enc.offsets]
+
+
+def test_unk_used_by_a_merge_is_no_boundary():
+    """An [UNK] that a merge consumes can merge with its neighbours: no splitting, exact engines."""
+    vocab = {"[UNK]": 0, "A": 1, "C": 2, "AC": 3, "[UNK]A": 4, "CC": 5}
+    merges = [["A", "C"], ["[UNK]", "A"], ["C", "C"]]
+    doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+           "pre_tokenizer": None, "post_processor": None, "decoder": None,
+           "model": {"type": "BPE", "dropout": None, "unk_token": "[UNK]", "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                     "ignore_merges": False, "vocab": vocab, "merges": merges}}
+    text = json.dumps(doc)
+    tok, hf = BPETokenizer.from_json_str(text), Tokenizer.from_str(text)
+    assert tok.backtracking
+    rng = random.Random(8)
+    assert_parity(tok, hf, [random_dna(rng, n, "AACCN") for n in (1, 3, 10, 500)] + ["NAC", "ACNACC"],
+                  engines=ENGINES)
