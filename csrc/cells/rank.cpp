@@ -34,23 +34,105 @@ inline uint64_t bits_of(double v) {
 #else
 #define OMICSKERN_CLONES  // ifunc dispatch is a GCC/ELF feature; elsewhere the baseline build
 #endif
+// Also returns the smallest and largest bit pattern of the values (for rank_genes' keys; the
+// values are >= +0 and not NaN, so their bits read as int64 order like the values), reduced here
+// while the values are in registers instead of in a separate pass.
 OMICSKERN_CLONES
 void normalise(const double* __restrict x, const double* __restrict median, double* __restrict v, int64_t n,
-               double total, double target_sum) {
+               double total, double target_sum, int64_t* lo_out, int64_t* hi_out) {
+    int64_t lo = INT64_MAX, hi = 0;
     for (int64_t i = 0; i < n; ++i) {
         double t = x[i] / total;
         t = t * target_sum;
-        v[i] = t / median[i];
+        const double r = t / median[i];
+        v[i] = r;
+        int64_t b;
+        std::memcpy(&b, &r, sizeof(b));
+        lo = b < lo ? b : lo;
+        hi = b > hi ? b : hi;
     }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+// True when no two columns map to the same dictionary slot (no duplicate gene IDs): then a row
+// whose stored columns strictly increase cannot hold a gene twice.
+inline bool slots_injective(const int32_t* col_slot, int64_t n_cols, size_t n_slots) {
+    std::vector<uint8_t> seen(n_slots, 0);
+    for (int64_t c = 0; c < n_cols; ++c) {
+        const int32_t s = col_slot[c];
+        if (s < 0) continue;
+        if (seen[s]) return false;
+        seen[s] = 1;
+    }
+    return true;
+}
+
+// Pass 1 of one row without branches on the data: total counts and dictionary genes detected.
+// Returns false (results unusable) unless every count is finite, non-negative and a whole number,
+// every column is in range and strictly greater than the previous one (with an injective
+// col_slot: no repeated gene), and the total is below 2^53. Under these conditions the sum is
+// exact whatever the order of additions (whole numbers, every partial sum below 2^53; had any
+// partial sum rounded, it and all later ones would be >= 2^53), so four independent accumulators
+// give bit for bit the sequential sum - without the latency chain of one accumulator.
+template <class I, class X, class T>
+__attribute__((always_inline)) inline bool fast_row_scan(const Csr<I, X, T>& m, int64_t row, const int32_t* col_slot,
+                                                        bool injective, double* total_out, int64_t* detected_out) {
+    if (!injective) return false;
+    const int64_t b = m.begin(row), e = m.end(row);
+    const T* xs = m.data + b;
+    const X* cs = m.indices + b;
+    const int64_t n = e - b;
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    bool ok = true;
+    int64_t q = 0;
+    auto value_ok = [](T x) -> bool {
+        if constexpr (std::is_floating_point<T>::value) {
+            // NaN fails the first test; inf and >= 2^53 fail the second (whole numbers below it)
+            const bool in_range = (x >= T(0)) & (x < T(9007199254740992.0));
+            const T y = in_range ? x : T(0);
+            return in_range & (static_cast<T>(static_cast<int64_t>(y)) == x);
+        } else if constexpr (std::is_signed<T>::value) {
+            return x >= 0;
+        } else {
+            return true;
+        }
+    };
+    for (; q + 4 <= n; q += 4)
+        for (int l = 0; l < 4; ++l) {
+            const T x = xs[q + l];
+            ok &= value_ok(x);
+            acc[l] += static_cast<double>(x);
+        }
+    for (; q < n; ++q) {
+        const T x = xs[q];
+        ok &= value_ok(x);
+        acc[0] += static_cast<double>(x);
+    }
+    const double total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    if (!ok || !(total < 9007199254740992.0)) return false;
+    // columns: in range and strictly increasing (checked before col_slot is read)
+    const uint64_t n_cols = static_cast<uint64_t>(m.n_cols);
+    int64_t prev = -1;
+    for (q = 0; q < n; ++q) {
+        const int64_t c = static_cast<int64_t>(cs[q]);
+        ok &= (static_cast<uint64_t>(c) < n_cols) & (c > prev);
+        prev = c;
+    }
+    if (!ok) return false;
+    int64_t detected = 0;
+    for (q = 0; q < n; ++q) detected += (xs[q] != T(0)) & (col_slot[cs[q]] >= 0);
+    *total_out = total;
+    *detected_out = detected;
+    return true;
 }
 
 // Scratch of pass 2 (one per worker block).
 struct RankTLS {
     std::vector<double> x, med, v;
     std::vector<int32_t> col, tok;
-    std::vector<uint64_t> bits;
-    std::vector<uint32_t> small_idx;
-    RadixScratch rs;
+    std::vector<uint32_t> small;
+    std::vector<uint64_t> pa, pb;
     std::vector<double> acc;
     std::vector<int32_t> first_col, order;
     Stamp stamp;
@@ -61,51 +143,92 @@ struct RankTLS {
             v.resize(n);
             col.resize(n);
             tok.resize(n);
-            bits.resize(n);
-            small_idx.resize(n);
+            small.resize(n);
+            pa.resize(n);
+            pb.resize(n);
         }
-        rs.resize(n);
     }
 };
 
 // Writes the tokens of the first k of n genes, by value descending then column ascending, to out.
-// A 2-pass LSD radix sort on 22-bit keys (keys22: highest varying bits of the values) orders all
-// but equal or near-equal values; runs of equal keys are then checked and, when needed, finished
-// with the exact comparator (they are almost always exact ties already in column order).
-void rank_genes(int64_t n, int64_t k, int32_t* out, RankTLS& t) {
+//
+// LSD radix sort of packed 64-bit items (24-bit key << 32 | position) in three 8-bit passes: the
+// key is the highest 24 varying bits of the value's IEEE bit pattern (non-negative doubles order
+// like their bits), inverted so larger values come first; passes whose digit is the same for
+// all items are skipped. The sort is stable and the key monotone in the value, so the only
+// possible disorder is inside runs of equal keys (equal or nearly equal values: relative
+// difference below ~2^-20 for values within a few decades); those runs are checked against the
+// exact comparator and re-sorted with it when needed (exact ties usually arrive in column order
+// already). Items carry their position, so no pass gathers through an index array, and the
+// histograms are 3 x 256 counts (the former 2 x 2048-entry ones cost more to clear and prefix-sum
+// than the sort of ~2k genes itself).
+void rank_genes(int64_t n, int64_t k, int32_t* out, RankTLS& t, uint64_t lo, uint64_t hi) {
     if (k > n) k = n;
     if (k <= 0) return;
     const double* v = t.v.data();
     const int32_t* col = t.col.data();
+    const int32_t* tok = t.tok.data();
     auto before = [v, col](uint32_t a, uint32_t b) { return v[a] > v[b] || (v[a] == v[b] && col[a] < col[b]); };
     if (n <= 96) {
-        uint32_t* idx = t.small_idx.data();
+        uint32_t* idx = t.small.data();
         for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<uint32_t>(i);
         if (k < n)
             std::partial_sort(idx, idx + k, idx + n, before);
         else
             std::sort(idx, idx + n, before);
-        for (int64_t i = 0; i < k; ++i) out[i] = t.tok[idx[i]];
+        for (int64_t i = 0; i < k; ++i) out[i] = tok[idx[i]];
         return;
     }
-    for (int64_t i = 0; i < n; ++i) t.bits[i] = bits_of(v[i]);
-    keys22(t.bits.data(), n, /*descending=*/true, t.rs.key.data());
-    radix_sort22(t.rs, n);
-    uint32_t* idx = t.rs.idx.data();
-    const uint32_t* key = t.rs.key.data();
-    for (int64_t i = 0; i < k;) {
-        int64_t j = i + 1;
-        const uint32_t kk = key[idx[i]];
-        bool ordered = true;
-        while (j < n && key[idx[j]] == kk) {
-            if (ordered && before(idx[j], idx[j - 1])) ordered = false;
-            ++j;
+    int64_t i = 0;
+    const uint64_t range = hi - lo;
+    int shift = 0;
+    if (range != 0) {
+        const int width = 64 - __builtin_clzll(range);
+        shift = width > 24 ? width - 24 : 0;
+    }
+    uint32_t h[3][256];
+    std::memset(h, 0, sizeof(h));
+    uint64_t* A = t.pa.data();
+    uint64_t* B = t.pb.data();
+    for (i = 0; i < n; ++i) {
+        const uint64_t kk = (hi - bits_of(v[i])) >> shift;  // < 2^24; larger value: smaller key
+        A[i] = (kk << 32) | static_cast<uint64_t>(i);
+        ++h[0][kk & 255u];
+        ++h[1][(kk >> 8) & 255u];
+        ++h[2][kk >> 16];
+    }
+    for (int d = 0; d < 3; ++d) {
+        const int sh = 32 + 8 * d;
+        uint32_t* hd = h[d];
+        if (hd[(A[0] >> sh) & 255u] == static_cast<uint32_t>(n)) continue;  // one digit value: pass is a no-op
+        uint32_t sum = 0;
+        for (int b = 0; b < 256; ++b) {
+            const uint32_t c = hd[b];
+            hd[b] = sum;
+            sum += c;
         }
-        if (!ordered) std::sort(idx + i, idx + j, before);
+        for (i = 0; i < n; ++i) {
+            const uint64_t x = A[i];
+            B[hd[(x >> sh) & 255u]++] = x;
+        }
+        std::swap(A, B);
+    }
+    // runs of equal keys among the first k: finish with the exact comparator
+    auto item_before = [&before](uint64_t a, uint64_t b) {
+        return before(static_cast<uint32_t>(a), static_cast<uint32_t>(b));
+    };
+    // (runs are rare: one predictable branch per item; a run may start before k and end after it)
+    for (i = 1; i < n && i <= k; ++i) {
+        if ((A[i] ^ A[i - 1]) >> 32) continue;
+        const int64_t r0 = i - 1;
+        int64_t j = i + 1;
+        while (j < n && !((A[j] ^ A[r0]) >> 32)) ++j;
+        bool ordered = true;
+        for (int64_t q = r0 + 1; q < j && ordered; ++q) ordered = !item_before(A[q], A[q - 1]);
+        if (!ordered) std::sort(A + r0, A + j, item_before);
         i = j;
     }
-    const int32_t* tok = t.tok.data();
-    for (int64_t i = 0; i < k; ++i) out[i] = tok[idx[i]];
+    for (i = 0; i < k; ++i) out[i] = tok[static_cast<uint32_t>(A[i])];
 }
 
 }  // namespace
@@ -120,26 +243,34 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
     const size_t n_slots = static_cast<size_t>(p.n_slots);
 
     // Pass 1: validate, total counts, distinct dictionary genes per cell.
+    // Fast path per row (fast_row_scan): branch-free scans that only detect trouble; on any
+    // trouble (a bad value or column, possible duplicates, a sum that might not be exact) the row
+    // is redone by the exact scalar loop below, which raises the same error at the same entry.
+    const bool injective = slots_injective(p.col_slot, m.n_cols, n_slots);
     ScratchPool<Stamp> stamps;
     for_each_blocked(n_sel, threads, stamps, [&](int64_t sel, Stamp& stamp) {
-        stamp.begin(n_slots);
         const int64_t row = rows ? rows[sel] : sel;
         double total = 0.0;
         int64_t detected = 0;
         bool dup = false, non_int = false;
-        for (int64_t q = m.begin(row), e = m.end(row); q < e; ++q) {
-            const int64_t c = static_cast<int64_t>(m.indices[q]);
-            check_column(c, m.n_cols, sel);
-            const T x = m.data[q];
-            check_value(x, sel, c, &non_int);
-            total += static_cast<double>(x);
-            if (x == 0) continue;
-            const int32_t s = p.col_slot[c];
-            if (s < 0) continue;
-            if (stamp.first(static_cast<size_t>(s)))
-                ++detected;
-            else
-                dup = true;
+        if (!fast_row_scan(m, row, p.col_slot, injective, &total, &detected)) {
+            stamp.begin(n_slots);
+            total = 0.0;
+            detected = 0;
+            for (int64_t q = m.begin(row), e = m.end(row); q < e; ++q) {
+                const int64_t c = static_cast<int64_t>(m.indices[q]);
+                check_column(c, m.n_cols, sel);
+                const T x = m.data[q];
+                check_value(x, sel, c, &non_int);
+                total += static_cast<double>(x);
+                if (x == 0) continue;
+                const int32_t s = p.col_slot[c];
+                if (s < 0) continue;
+                if (stamp.first(static_cast<size_t>(s)))
+                    ++detected;
+                else
+                    dup = true;
+            }
         }
         if (p.totals) total = p.totals[sel];
         if (detected > 0 && !(total > 0 && std::isfinite(total)))
@@ -224,9 +355,10 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
                 ++n;
             }
         }
-        normalise(xs, md, t.v.data(), n, total, p.target_sum);
+        int64_t lo = 0, hi = 0;
+        normalise(xs, md, t.v.data(), n, total, p.target_sum, &lo, &hi);
         const int64_t k = std::min<int64_t>(n, p.max_genes);
-        rank_genes(n, k, out, t);
+        rank_genes(n, k, out, t, static_cast<uint64_t>(lo), static_cast<uint64_t>(hi));
         out += k;
         if (p.eos_id >= 0) *out++ = p.eos_id;
     }, 16);
