@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 
 
 @functools.cache
 def load_C() -> ModuleType:
+    # The core's OpenMP threads sleep at the end of a parallel region instead of spinning: busy
+    # waiting steals the core a descheduled sibling needs when the machine runs other work
+    # (DataLoader workers, other jobs), which made a 2-thread call ~10x slower than 1 thread.
+    # Read once when libgomp initialises (our _C links the system libgomp; torch bundles its own);
+    # an explicit user setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from omicskern import _C
     except ImportError as e:  # pragma: no cover - depends on the install
