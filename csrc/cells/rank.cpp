@@ -68,13 +68,73 @@ inline bool slots_injective(const int32_t* col_slot, int64_t n_cols, size_t n_sl
     return true;
 }
 
-// Pass 1 of one row without branches on the data: total counts and dictionary genes detected.
-// Returns false (results unusable) unless every count is finite, non-negative and a whole number,
-// every column is in range and strictly greater than the previous one (with an injective
-// col_slot: no repeated gene), and the total is below 2^53. Under these conditions the sum is
-// exact whatever the order of additions (whole numbers, every partial sum below 2^53; had any
-// partial sum rounded, it and all later ones would be >= 2^53), so four independent accumulators
-// give bit for bit the sequential sum - without the latency chain of one accumulator.
+// Pass 1 of one row on its fast path: total counts and dictionary genes detected. Returns false
+// (results unusable; the caller redoes the row with the exact sequential loop, which also raises
+// the right error) unless every count is a whole number in [0, 2^31), every column is in range
+// and greater than the previous one (with an injective col_slot: no gene twice) and the total is
+// below 2^53. Then the counts are summed as integers, which is exact, and a sequential float64
+// sum of whole numbers whose partial sums stay below 2^53 is exact too: the same total bit for bit.
+// Integer sums and flag reductions vectorise (floating-point sums would not without reordering);
+// the scan is cloned for AVX-512/AVX2 like normalise.
+template <class T>
+struct ScanOut {
+    int64_t sum;
+    bool ok;
+};
+
+template <class T>
+__attribute__((always_inline)) inline ScanOut<T> scan_values_impl(const T* __restrict xs, int64_t n) {
+    int64_t sum = 0;
+    int bad = 0;
+    for (int64_t q = 0; q < n; ++q) {
+        const T x = xs[q];
+        if constexpr (std::is_floating_point<T>::value) {
+            // Integer tests on the IEEE bits (GCC does not vectorise these float compares under
+            // the default -ftrapping-math): a non-negative float is below 2^31 iff its bits are
+            // below those of 2^31 (excludes -0.0, NaN, inf: rows with them take the slow path);
+            // it is whole iff converting to int and back gives the same bits.
+            using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+            const U lim = sizeof(T) == 4 ? U(0x4F000000u) : U(0x41E0000000000000ull);
+            U u;
+            std::memcpy(&u, &x, sizeof(u));
+            const bool in_range = u < lim;
+            const U uy = u & (U(0) - static_cast<U>(in_range));  // (a ?: here stops vectorisation)
+            T y;
+            std::memcpy(&y, &uy, sizeof(y));
+            const int32_t w = static_cast<int32_t>(y);
+            const T back = static_cast<T>(w);
+            U ub;
+            std::memcpy(&ub, &back, sizeof(ub));
+            bad |= static_cast<int>(ub != u);
+            sum += w;
+        } else {
+            const bool in_range = (x >= 0) & (x < T(2147483647));
+            bad |= static_cast<int>(!in_range);
+            sum += static_cast<int64_t>(x);
+        }
+    }
+    return {sum, bad == 0};
+}
+OMICSKERN_CLONES ScanOut<float> scan_values(const float* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut<double> scan_values(const double* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut<int32_t> scan_values(const int32_t* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut<int64_t> scan_values(const int64_t* xs, int64_t n) { return scan_values_impl(xs, n); }
+
+// Columns in [0, n_cols) and strictly increasing.
+template <class X>
+__attribute__((always_inline)) inline bool scan_columns_impl(const X* __restrict cs, int64_t n, int64_t n_cols) {
+    if (n == 0) return true;
+    int bad = static_cast<int>(static_cast<uint64_t>(static_cast<int64_t>(cs[0])) >= static_cast<uint64_t>(n_cols));
+    for (int64_t q = 1; q < n; ++q) {
+        const int64_t c = static_cast<int64_t>(cs[q]);
+        bad |= static_cast<int>(c <= static_cast<int64_t>(cs[q - 1])) |
+               static_cast<int>(static_cast<uint64_t>(c) >= static_cast<uint64_t>(n_cols));
+    }
+    return bad == 0;
+}
+OMICSKERN_CLONES bool scan_columns(const int32_t* cs, int64_t n, int64_t n_cols) { return scan_columns_impl(cs, n, n_cols); }
+OMICSKERN_CLONES bool scan_columns(const int64_t* cs, int64_t n, int64_t n_cols) { return scan_columns_impl(cs, n, n_cols); }
+
 template <class I, class X, class T>
 __attribute__((always_inline)) inline bool fast_row_scan(const Csr<I, X, T>& m, int64_t row, const int32_t* col_slot,
                                                         bool injective, double* total_out, int64_t* detected_out) {
@@ -83,46 +143,13 @@ __attribute__((always_inline)) inline bool fast_row_scan(const Csr<I, X, T>& m, 
     const T* xs = m.data + b;
     const X* cs = m.indices + b;
     const int64_t n = e - b;
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    bool ok = true;
-    int64_t q = 0;
-    auto value_ok = [](T x) -> bool {
-        if constexpr (std::is_floating_point<T>::value) {
-            // NaN fails the first test; inf and >= 2^53 fail the second (whole numbers below it)
-            const bool in_range = (x >= T(0)) & (x < T(9007199254740992.0));
-            const T y = in_range ? x : T(0);
-            return in_range & (static_cast<T>(static_cast<int64_t>(y)) == x);
-        } else if constexpr (std::is_signed<T>::value) {
-            return x >= 0;
-        } else {
-            return true;
-        }
-    };
-    for (; q + 4 <= n; q += 4)
-        for (int l = 0; l < 4; ++l) {
-            const T x = xs[q + l];
-            ok &= value_ok(x);
-            acc[l] += static_cast<double>(x);
-        }
-    for (; q < n; ++q) {
-        const T x = xs[q];
-        ok &= value_ok(x);
-        acc[0] += static_cast<double>(x);
-    }
-    const double total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    if (!ok || !(total < 9007199254740992.0)) return false;
-    // columns: in range and strictly increasing (checked before col_slot is read)
-    const uint64_t n_cols = static_cast<uint64_t>(m.n_cols);
-    int64_t prev = -1;
-    for (q = 0; q < n; ++q) {
-        const int64_t c = static_cast<int64_t>(cs[q]);
-        ok &= (static_cast<uint64_t>(c) < n_cols) & (c > prev);
-        prev = c;
-    }
-    if (!ok) return false;
+    if (n >= (int64_t(1) << 31)) return false;  // keeps the integer sum far from overflow
+    const ScanOut<T> v = scan_values(xs, n);
+    if (!v.ok || v.sum >= (int64_t(1) << 53)) return false;
+    if (!scan_columns(cs, n, m.n_cols)) return false;
     int64_t detected = 0;
-    for (q = 0; q < n; ++q) detected += (xs[q] != T(0)) & (col_slot[cs[q]] >= 0);
-    *total_out = total;
+    for (int64_t q = 0; q < n; ++q) detected += (xs[q] != T(0)) & (col_slot[cs[q]] >= 0);
+    *total_out = static_cast<double>(v.sum);
     *detected_out = detected;
     return true;
 }
@@ -311,18 +338,25 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
         int32_t* cols = t.col.data();
         int32_t* toks = t.tok.data();
         int64_t n = 0;
-        if (!has_dup[sel]) {
+        if (!has_dup[sel] && n_slots > 0) {
+            // branch-free compaction: every entry is written at n, n advances only for kept
+            // genes (a skipped column reads slot 0)
+            const T* data = m.data;
+            const X* indices = m.indices;
+            const int32_t* col_slot = p.col_slot;
+            const double* slot_median = p.slot_median;
+            const int32_t* slot_token = p.slot_token;
+            const int32_t* slot_col = p.slot_col;
             for (int64_t q = b; q < e; ++q) {
-                const T x = m.data[q];
-                if (x == 0) continue;
-                const int64_t c = static_cast<int64_t>(m.indices[q]);
-                const int32_t s = p.col_slot[c];
-                if (s < 0) continue;
+                const T x = data[q];
+                const int64_t c = static_cast<int64_t>(indices[q]);
+                const int32_t s = col_slot[c];
+                const int32_t s0 = s < 0 ? 0 : s;
                 xs[n] = static_cast<double>(x);
-                md[n] = p.slot_median[s];
-                cols[n] = p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c);
-                toks[n] = p.slot_token[s];
-                ++n;
+                md[n] = slot_median[s0];
+                cols[n] = slot_col ? slot_col[s0] : static_cast<int32_t>(c);
+                toks[n] = slot_token[s0];
+                n += (x != T(0)) & (s >= 0);
             }
         } else {
             // Duplicate gene IDs / repeated columns: counts summed per gene before normalising.

@@ -97,15 +97,23 @@ def sum_seq(xs):
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(np.float64, id="f64"), pytest.param(np.float32, id="f32"),
-                                   pytest.param(np.int64, id="i64")])
+                                   pytest.param(np.int64, id="i64"), pytest.param(np.int32, id="i32")])
 def test_totals_equal_the_sequential_sum_bit_for_bit(dtype):
+    # the integer fast path takes whole counts in [0, 2^31); the rest goes the sequential way
     n_cols = 64
     rows = [
         [(c, 1 + c % 7) for c in range(0, n_cols, 2)],  # whole counts, small total: fast path
-        [(c, 2 ** 53 - 1) for c in range(3)],            # total crosses 2^53
+        [(c, 2 ** 31 - 1) for c in range(0, 60, 3)],     # largest fast-path count
         [],                                               # empty row
         [(7, 1)],                                         # one entry
-    ] + _order_sensitive_rows(dtype)
+    ]
+    if dtype != np.int32:
+        rows += [[(c, 2 ** 53 - 1) for c in range(3)],  # total crosses 2^53
+                 [(1, 5), (2, 2 ** 31), (4, 3)]]         # a count of 2^31: slow path
+    if dtype in (np.float32, np.float64):
+        rows += [[(0, -0.0), (3, 2.0)], [(0, 2.0), (5, -0.0)], [(2, 2.5), (3, 1.0)]]
+    if dtype != np.int32:
+        rows += _order_sensitive_rows(dtype)
     X = _csr(rows, n_cols, dtype)
     totals, non_int = _raw_totals(X)
     np.testing.assert_array_equal(totals, _sequential_sums(X))
