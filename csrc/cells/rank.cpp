@@ -240,22 +240,25 @@ void rank_genes(int64_t n, int64_t k, int32_t* out, RankTLS& t, uint64_t lo, uin
         }
         std::swap(A, B);
     }
-    // runs of equal keys among the first k: finish with the exact comparator
+    // write the tokens; a run of equal keys (rare: one predictable branch per item) is first
+    // finished with the exact comparator (it may start before k and end after it)
     auto item_before = [&before](uint64_t a, uint64_t b) {
         return before(static_cast<uint32_t>(a), static_cast<uint32_t>(b));
     };
-    // (runs are rare: one predictable branch per item; a run may start before k and end after it)
-    for (i = 1; i < n && i <= k; ++i) {
-        if ((A[i] ^ A[i - 1]) >> 32) continue;
-        const int64_t r0 = i - 1;
-        int64_t j = i + 1;
-        while (j < n && !((A[j] ^ A[r0]) >> 32)) ++j;
-        bool ordered = true;
-        for (int64_t q = r0 + 1; q < j && ordered; ++q) ordered = !item_before(A[q], A[q - 1]);
-        if (!ordered) std::sort(A + r0, A + j, item_before);
-        i = j;
+    for (i = 0; i < k; ++i) {
+        if (i + 1 < n && !((A[i] ^ A[i + 1]) >> 32)) {
+            int64_t j = i + 2;
+            while (j < n && !((A[j] ^ A[i]) >> 32)) ++j;
+            bool ordered = true;
+            for (int64_t q = i + 1; q < j && ordered; ++q) ordered = !item_before(A[q], A[q - 1]);
+            if (!ordered) std::sort(A + i, A + j, item_before);
+            const int64_t stop = j < k ? j : k;
+            for (int64_t q = i; q < stop; ++q) out[q] = tok[static_cast<uint32_t>(A[q])];
+            i = stop - 1;
+            continue;
+        }
+        out[i] = tok[static_cast<uint32_t>(A[i])];
     }
-    for (i = 0; i < k; ++i) out[i] = tok[static_cast<uint32_t>(A[i])];
 }
 
 }  // namespace
@@ -274,6 +277,19 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
     // trouble (a bad value or column, possible duplicates, a sum that might not be exact) the row
     // is redone by the exact scalar loop below, which raises the same error at the same entry.
     const bool injective = slots_injective(p.col_slot, m.n_cols, n_slots);
+    // Per-column gene table for pass 2 (one 16-byte load per stored value instead of the
+    // dependent col_slot -> slot_median / slot_token / slot_col loads); tie = -1: not a gene.
+    struct ColGene {
+        double median;
+        int32_t token;
+        int32_t tie;
+    };
+    std::vector<ColGene> col_gene(static_cast<size_t>(m.n_cols));
+    for (int64_t c = 0; c < m.n_cols; ++c) {
+        const int32_t s = p.col_slot[c];
+        col_gene[c] = s < 0 ? ColGene{1.0, 0, -1}
+                            : ColGene{p.slot_median[s], p.slot_token[s], p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c)};
+    }
     ScratchPool<Stamp> stamps;
     for_each_blocked(n_sel, threads, stamps, [&](int64_t sel, Stamp& stamp) {
         const int64_t row = rows ? rows[sel] : sel;
@@ -338,25 +354,19 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
         int32_t* cols = t.col.data();
         int32_t* toks = t.tok.data();
         int64_t n = 0;
-        if (!has_dup[sel] && n_slots > 0) {
-            // branch-free compaction: every entry is written at n, n advances only for kept
-            // genes (a skipped column reads slot 0)
+        if (!has_dup[sel]) {
+            // branch-free compaction: every entry is written at n, n advances only for kept genes
             const T* data = m.data;
             const X* indices = m.indices;
-            const int32_t* col_slot = p.col_slot;
-            const double* slot_median = p.slot_median;
-            const int32_t* slot_token = p.slot_token;
-            const int32_t* slot_col = p.slot_col;
+            const ColGene* cg = col_gene.data();
             for (int64_t q = b; q < e; ++q) {
                 const T x = data[q];
-                const int64_t c = static_cast<int64_t>(indices[q]);
-                const int32_t s = col_slot[c];
-                const int32_t s0 = s < 0 ? 0 : s;
+                const ColGene g = cg[static_cast<int64_t>(indices[q])];
                 xs[n] = static_cast<double>(x);
-                md[n] = slot_median[s0];
-                cols[n] = slot_col ? slot_col[s0] : static_cast<int32_t>(c);
-                toks[n] = slot_token[s0];
-                n += (x != T(0)) & (s >= 0);
+                md[n] = g.median;
+                cols[n] = g.tie;
+                toks[n] = g.token;
+                n += (x != T(0)) & (g.tie >= 0);
             }
         } else {
             // Duplicate gene IDs / repeated columns: counts summed per gene before normalising.
