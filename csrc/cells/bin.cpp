@@ -73,6 +73,8 @@ struct BinTLS {
     std::vector<int32_t> digit;
     std::vector<int64_t> pick;
     RadixScratch rs;
+    std::vector<uint32_t> cnt;          // counting sort of small whole values
+    std::vector<int32_t> left_of, right_of;
 };
 
 inline uint64_t splitmix64(uint64_t& s) {
@@ -191,52 +193,103 @@ BinResult bin_values(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel, 
             n = w;
         }
         if (n == 0) return;
-        // ascending order of the values (exact): radix on 22 bits, then exact fix-up of key runs
         if (static_cast<int64_t>(t.bits.size()) < n) {
             t.bits.resize(n);
             t.sorted.resize(n);
             t.digit.resize(n);
         }
-        t.rs.resize(n);
-        for (int64_t i = 0; i < n; ++i) {
-            const double d = static_cast<double>(ent[i].x);  // exact for float and |ints| < 2^53
-            std::memcpy(&t.bits[i], &d, sizeof(d));
-        }
-        keys22(t.bits.data(), n, /*descending=*/false, t.rs.key.data());
-        radix_sort22(t.rs, n);
-        uint32_t* idx = t.rs.idx.data();
-        const uint32_t* key = t.rs.key.data();
-        for (int64_t i = 0; i < n;) {
-            int64_t j = i + 1;
-            bool ordered_run = true;
-            while (j < n && key[idx[j]] == key[idx[i]]) {
-                if (ordered_run && ent[idx[j]].x < ent[idx[j - 1]].x) ordered_run = false;
-                ++j;
-            }
-            if (!ordered_run)
-                std::sort(idx + i, idx + j, [&](uint32_t a, uint32_t b) { return ent[a].x < ent[b].x; });
-            i = j;
-        }
-        for (int64_t i = 0; i < n; ++i) t.sorted[i] = ent[idx[i]].x;
-        quantile_edges(t.sorted.data(), n, p.quantiles, p.n_edges, t.edges);
-        // digitize by one merge walk over the sorted values and the edges
-        const double* edges = t.edges.data();
-        const int64_t n_edges = p.n_edges;
         const double* rnd = p.rands ? p.rands + rand_start[sel] : nullptr;
-        int64_t left = 0, right = 0;  // edges <= x, edges < x
         int32_t* digit = t.digit.data();
+        // Counts are usually small whole numbers: then a counting sort gives the sorted values, and
+        // an entry's bin depends only on its value (and its own draw), so both bounds are looked up
+        // per distinct value - the same comparisons as the merge walk below, without any sort.
+        int64_t maxv = 0;
+        bool small_whole = true;
         for (int64_t i = 0; i < n; ++i) {
-            const double x = static_cast<double>(t.sorted[i]);
-            while (left < n_edges && edges[left] <= x) ++left;
-            while (right < n_edges && edges[right] < x) ++right;
-            const uint32_t at = idx[i];
-            if (!rnd) {
-                digit[at] = static_cast<int32_t>(left);
-            } else {
-                const double span = static_cast<double>(right - left);
-                const double scaled = rnd[at] * span;
-                const double d = scaled + static_cast<double>(left);
-                digit[at] = static_cast<int32_t>(std::ceil(d));
+            const T x = ent[i].x;  // > 0 and finite (pass 1)
+            const bool in_range = static_cast<double>(x) < 65536.0;
+            const int64_t w = static_cast<int64_t>(in_range ? x : T(0));
+            small_whole &= in_range & (static_cast<T>(w) == x);
+            maxv = w > maxv ? w : maxv;
+        }
+        if (small_whole && maxv <= 8 * n + 256) {
+            const size_t nv = static_cast<size_t>(maxv) + 1;
+            if (t.cnt.size() < nv) {
+                t.cnt.resize(nv);
+                t.left_of.resize(nv);
+                t.right_of.resize(nv);
+            }
+            uint32_t* cnt = t.cnt.data();
+            std::fill(cnt, cnt + nv, 0u);
+            for (int64_t i = 0; i < n; ++i) ++cnt[static_cast<int64_t>(ent[i].x)];
+            T* sorted = t.sorted.data();
+            int64_t w = 0;
+            for (size_t v = 1; v < nv; ++v)
+                for (uint32_t c = cnt[v]; c > 0; --c) sorted[w++] = static_cast<T>(v);
+            quantile_edges(sorted, n, p.quantiles, p.n_edges, t.edges);
+            const double* edges = t.edges.data();
+            const int64_t n_edges = p.n_edges;
+            int64_t left = 0, right = 0;  // edges <= x, edges < x
+            for (size_t v = 1; v < nv; ++v) {
+                if (!cnt[v]) continue;
+                const double x = static_cast<double>(static_cast<T>(v));
+                while (left < n_edges && edges[left] <= x) ++left;
+                while (right < n_edges && edges[right] < x) ++right;
+                t.left_of[v] = static_cast<int32_t>(left);
+                t.right_of[v] = static_cast<int32_t>(right);
+            }
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t v = static_cast<int64_t>(ent[i].x);
+                if (!rnd) {
+                    digit[i] = t.left_of[v];
+                } else {
+                    const double span = static_cast<double>(t.right_of[v] - t.left_of[v]);
+                    const double scaled = rnd[i] * span;
+                    const double d = scaled + static_cast<double>(t.left_of[v]);
+                    digit[i] = static_cast<int32_t>(std::ceil(d));
+                }
+            }
+        } else {
+            // ascending order of the values (exact): radix on 22 bits, then exact fix-up of key runs
+            t.rs.resize(n);
+            for (int64_t i = 0; i < n; ++i) {
+                const double d = static_cast<double>(ent[i].x);  // exact for float and |ints| < 2^53
+                std::memcpy(&t.bits[i], &d, sizeof(d));
+            }
+            keys22(t.bits.data(), n, /*descending=*/false, t.rs.key.data());
+            radix_sort22(t.rs, n);
+            uint32_t* idx = t.rs.idx.data();
+            const uint32_t* key = t.rs.key.data();
+            for (int64_t i = 0; i < n;) {
+                int64_t j = i + 1;
+                bool ordered_run = true;
+                while (j < n && key[idx[j]] == key[idx[i]]) {
+                    if (ordered_run && ent[idx[j]].x < ent[idx[j - 1]].x) ordered_run = false;
+                    ++j;
+                }
+                if (!ordered_run)
+                    std::sort(idx + i, idx + j, [&](uint32_t a, uint32_t b) { return ent[a].x < ent[b].x; });
+                i = j;
+            }
+            for (int64_t i = 0; i < n; ++i) t.sorted[i] = ent[idx[i]].x;
+            quantile_edges(t.sorted.data(), n, p.quantiles, p.n_edges, t.edges);
+            // digitize by one merge walk over the sorted values and the edges
+            const double* edges = t.edges.data();
+            const int64_t n_edges = p.n_edges;
+            int64_t left = 0, right = 0;  // edges <= x, edges < x
+            for (int64_t i = 0; i < n; ++i) {
+                const double x = static_cast<double>(t.sorted[i]);
+                while (left < n_edges && edges[left] <= x) ++left;
+                while (right < n_edges && edges[right] < x) ++right;
+                const uint32_t at = idx[i];
+                if (!rnd) {
+                    digit[at] = static_cast<int32_t>(left);
+                } else {
+                    const double span = static_cast<double>(right - left);
+                    const double scaled = rnd[at] * span;
+                    const double d = scaled + static_cast<double>(left);
+                    digit[at] = static_cast<int32_t>(std::ceil(d));
+                }
             }
         }
         if (n <= max_genes) {
