@@ -113,9 +113,19 @@ std::vector<int64_t> bin_count(const Csr<I, X, T>& m, const int64_t* rows, int64
     non_integer->assign(n_sel, 0);
     ScratchPool<Stamp> stamps;
     for_each_blocked(n_sel, threads, stamps, [&](int64_t sel, Stamp& stamp) {
-        stamp.begin(static_cast<size_t>(m.n_cols));
+        const int64_t row = rows ? rows[sel] : sel;
         bool non_int = false;
-        kept[sel] = count_row(m, rows ? rows[sel] : sel, sel, col_token, stamp, &non_int);
+        // fast path: valid whole counts and strictly increasing columns (no column twice, no
+        // error to raise); else the checking loop, which raises the first error of the row
+        const int64_t b = m.begin(row), n = m.end(row) - b;
+        if (n < (int64_t(1) << 31) && scan_values(m.data + b, n).ok && scan_columns(m.indices + b, n, m.n_cols)) {
+            int64_t k = 0;
+            for (int64_t q = b; q < b + n; ++q) k += (m.data[q] != T(0)) & (col_token[m.indices[q]] >= 0);
+            kept[sel] = k;
+        } else {
+            stamp.begin(static_cast<size_t>(m.n_cols));
+            kept[sel] = count_row(m, row, sel, col_token, stamp, &non_int);
+        }
         (*non_integer)[sel] = non_int;
     });
     return kept;

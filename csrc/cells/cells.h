@@ -210,6 +210,20 @@ inline void keys22(const uint64_t* bits, int64_t n, bool descending, uint32_t* k
         for (int64_t i = 0; i < n; ++i) key[i] = static_cast<uint32_t>((bits[i] - lo) >> shift);
 }
 
+// Branch-free row scans (rank.cpp, vectorised clones): ok = every value is a whole number in
+// [0, 2^31) (NaN, inf, negative, -0.0, larger or fractional values: not ok), sum = their exact
+// sum; scan_columns: every column in [0, n_cols) and greater than the previous one.
+struct ScanOut {
+    int64_t sum;
+    bool ok;
+};
+ScanOut scan_values(const float* xs, int64_t n);
+ScanOut scan_values(const double* xs, int64_t n);
+ScanOut scan_values(const int32_t* xs, int64_t n);
+ScanOut scan_values(const int64_t* xs, int64_t n);
+bool scan_columns(const int32_t* cs, int64_t n, int64_t n_cols);
+bool scan_columns(const int64_t* cs, int64_t n, int64_t n_cols);
+
 // ------------------------------------------------------------------------------------------------
 // Rank-value encoding (Geneformer)
 

@@ -68,22 +68,12 @@ inline bool slots_injective(const int32_t* col_slot, int64_t n_cols, size_t n_sl
     return true;
 }
 
-// Pass 1 of one row on its fast path: total counts and dictionary genes detected. Returns false
-// (results unusable; the caller redoes the row with the exact sequential loop, which also raises
-// the right error) unless every count is a whole number in [0, 2^31), every column is in range
-// and greater than the previous one (with an injective col_slot: no gene twice) and the total is
-// below 2^53. Then the counts are summed as integers, which is exact, and a sequential float64
-// sum of whole numbers whose partial sums stay below 2^53 is exact too: the same total bit for bit.
-// Integer sums and flag reductions vectorise (floating-point sums would not without reordering);
-// the scan is cloned for AVX-512/AVX2 like normalise.
-template <class T>
-struct ScanOut {
-    int64_t sum;
-    bool ok;
-};
+}  // namespace
 
+// scan_values / scan_columns (declared in cells.h; bin.cpp's pass 1 uses them too). Integer tests
+// only, so that the loops vectorise.
 template <class T>
-__attribute__((always_inline)) inline ScanOut<T> scan_values_impl(const T* __restrict xs, int64_t n) {
+__attribute__((always_inline)) inline ScanOut scan_values_impl(const T* __restrict xs, int64_t n) {
     int64_t sum = 0;
     int bad = 0;
     for (int64_t q = 0; q < n; ++q) {
@@ -115,10 +105,10 @@ __attribute__((always_inline)) inline ScanOut<T> scan_values_impl(const T* __res
     }
     return {sum, bad == 0};
 }
-OMICSKERN_CLONES ScanOut<float> scan_values(const float* xs, int64_t n) { return scan_values_impl(xs, n); }
-OMICSKERN_CLONES ScanOut<double> scan_values(const double* xs, int64_t n) { return scan_values_impl(xs, n); }
-OMICSKERN_CLONES ScanOut<int32_t> scan_values(const int32_t* xs, int64_t n) { return scan_values_impl(xs, n); }
-OMICSKERN_CLONES ScanOut<int64_t> scan_values(const int64_t* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut scan_values(const float* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut scan_values(const double* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut scan_values(const int32_t* xs, int64_t n) { return scan_values_impl(xs, n); }
+OMICSKERN_CLONES ScanOut scan_values(const int64_t* xs, int64_t n) { return scan_values_impl(xs, n); }
 
 // Columns in [0, n_cols) and strictly increasing.
 template <class X>
@@ -135,6 +125,16 @@ __attribute__((always_inline)) inline bool scan_columns_impl(const X* __restrict
 OMICSKERN_CLONES bool scan_columns(const int32_t* cs, int64_t n, int64_t n_cols) { return scan_columns_impl(cs, n, n_cols); }
 OMICSKERN_CLONES bool scan_columns(const int64_t* cs, int64_t n, int64_t n_cols) { return scan_columns_impl(cs, n, n_cols); }
 
+namespace {
+
+// Pass 1 of one row on its fast path: total counts and dictionary genes detected. Returns false
+// (results unusable; the caller redoes the row with the exact sequential loop, which also raises
+// the right error) unless every count is a whole number in [0, 2^31), every column is in range
+// and greater than the previous one (with an injective col_slot: no gene twice) and the total is
+// below 2^53. Then the counts are summed as integers, which is exact, and a sequential float64
+// sum of whole numbers whose partial sums stay below 2^53 is exact too: the same total bit for bit.
+// Integer sums and flag reductions vectorise (floating-point sums would not without reordering);
+// the scan is cloned for AVX-512/AVX2 like normalise.
 template <class I, class X, class T>
 __attribute__((always_inline)) inline bool fast_row_scan(const Csr<I, X, T>& m, int64_t row, const int32_t* col_slot,
                                                         bool injective, double* total_out, int64_t* detected_out) {
@@ -144,7 +144,7 @@ __attribute__((always_inline)) inline bool fast_row_scan(const Csr<I, X, T>& m, 
     const X* cs = m.indices + b;
     const int64_t n = e - b;
     if (n >= (int64_t(1) << 31)) return false;  // keeps the integer sum far from overflow
-    const ScanOut<T> v = scan_values(xs, n);
+    const ScanOut v = scan_values(xs, n);
     if (!v.ok || v.sum >= (int64_t(1) << 53)) return false;
     if (!scan_columns(cs, n, m.n_cols)) return false;
     int64_t detected = 0;
