@@ -160,8 +160,8 @@ BinResult bin_values(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel, 
         r.out_rows.push_back(sel);
         r.offsets.push_back(r.offsets.back() + std::min(d, max_genes) + has_cls);
     }
-    r.ids.resize(static_cast<size_t>(r.offsets.back()));
-    r.values.resize(static_cast<size_t>(r.offsets.back()));
+    r.ids.allocate(static_cast<size_t>(r.offsets.back()));
+    r.values.allocate(static_cast<size_t>(r.offsets.back()));
     const int64_t n_out = static_cast<int64_t>(r.out_rows.size());
 
     ScratchPool<BinTLS<T>> scratch;

@@ -141,6 +141,14 @@ void dispatch(const CsrArgs& a, Fn&& fn) {
     else with_x(static_cast<const int64_t*>(a.indptr.data()));
 }
 
+// A RawBuffer as a 1-D numpy array that owns it (zero-copy).
+template <class T>
+py::array_t<T> raw_to_numpy(RawBuffer<T>&& b) {
+    T* p = b.ptr.release();
+    py::capsule owner(p, [](void* q) { delete[] static_cast<T*>(q); });
+    return py::array_t<T>({static_cast<py::ssize_t>(b.n)}, {static_cast<py::ssize_t>(sizeof(T))}, p, owner);
+}
+
 py::dict rank_value_py(const py::array& indptr, const py::array& indices, const py::array& data, int64_t n_cols,
                        const py::object& col_slot_o, const py::object& slot_token_o, const py::object& slot_median_o,
                        const py::object& totals_o, const py::object& rows_o, int64_t base, int64_t max_genes,
@@ -192,7 +200,7 @@ py::dict rank_value_py(const py::array& indptr, const py::array& indices, const 
         raise_bad_count(e);
     }
     py::dict out;
-    out["ids"] = to_numpy(std::move(r.ids));
+    out["ids"] = raw_to_numpy(std::move(r.ids));
     out["offsets"] = to_numpy(std::move(r.offsets));
     out["out_rows"] = to_numpy(std::move(r.out_rows));
     out["n_detected"] = to_numpy(std::move(r.n_detected));
@@ -265,8 +273,8 @@ py::dict bin_values_py(const py::array& indptr, const py::array& indices, const 
         raise_bad_count(e);
     }
     py::dict out;
-    out["ids"] = to_numpy(std::move(r.ids));
-    out["values"] = to_numpy(std::move(r.values));
+    out["ids"] = raw_to_numpy(std::move(r.ids));
+    out["values"] = raw_to_numpy(std::move(r.values));
     out["offsets"] = to_numpy(std::move(r.offsets));
     out["out_rows"] = to_numpy(std::move(r.out_rows));
     out["n_detected"] = to_numpy(std::move(r.n_detected));

@@ -224,6 +224,21 @@ ScanOut scan_values(const int64_t* xs, int64_t n);
 bool scan_columns(const int32_t* cs, int64_t n, int64_t n_cols);
 bool scan_columns(const int64_t* cs, int64_t n, int64_t n_cols);
 
+// Output buffer that is not zero-filled on allocation (std::vector::resize writes every element
+// once more, serially, before the parallel pass that writes them all anyway; here the first touch
+// of each page happens in the worker that fills it). bind_cells.cpp hands it to numpy as is.
+template <class T>
+struct RawBuffer {
+    std::unique_ptr<T[]> ptr;
+    size_t n = 0;
+    void allocate(size_t count) {
+        ptr.reset(new T[count > 0 ? count : 1]);  // default-initialised: no fill for int32_t
+        n = count;
+    }
+    T* data() { return ptr.get(); }
+    size_t size() const { return n; }
+};
+
 // ------------------------------------------------------------------------------------------------
 // Rank-value encoding (Geneformer)
 
@@ -243,7 +258,7 @@ struct RankParams {
 };
 
 struct RankResult {
-    std::vector<int32_t> ids;
+    RawBuffer<int32_t> ids;            // every element written by rank_value
     std::vector<int64_t> offsets;     // [n_out + 1]
     std::vector<int64_t> out_rows;    // [n_out] selected-row position of each output row
     std::vector<int64_t> n_detected;  // [n_sel] dictionary genes detected (after merging duplicates)
@@ -275,8 +290,8 @@ struct BinParams {
 };
 
 struct BinResult {
-    std::vector<int32_t> ids;
-    std::vector<int32_t> values;      // bin per token (<cls> gets cls_value)
+    RawBuffer<int32_t> ids;           // every element written by bin_values
+    RawBuffer<int32_t> values;        // bin per token (<cls> gets cls_value)
     std::vector<int64_t> offsets;
     std::vector<int64_t> out_rows;
     std::vector<int64_t> n_detected;  // [n_sel] kept nonzero genes (before truncation)

@@ -342,7 +342,7 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
         r.out_rows.push_back(sel);
         r.offsets.push_back(r.offsets.back() + std::min<int64_t>(d, p.max_genes) + n_special);
     }
-    r.ids.resize(static_cast<size_t>(r.offsets.back()));
+    r.ids.allocate(static_cast<size_t>(r.offsets.back()));
     const int64_t n_out = static_cast<int64_t>(r.out_rows.size());
 
     // Pass 2: values, rank, write.
