@@ -78,3 +78,15 @@ def wall_median_s(fn, reps: int, warmup: int = 0) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def load_note() -> str:
+    """One sentence on how busy the machine was when the run started (1-minute load average vs
+    CPU count), so a table says whether its timings were taken on a quiet or a shared machine."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return "Machine load: unknown."
+    n = os.cpu_count() or 1
+    state = "quiet" if load < 0.5 * n else "busy: timings are noisy, ratios within a row steadier"
+    return f"Machine load at the start: 1-min load average {load:.2f} on {n} CPUs ({state})."

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import ROOT, cuda_median_s, device_name, slug, wall_median_s  # first: puts this checkout on sys.path
+from _common import ROOT, cuda_median_s, device_name, slug, wall_median_s, load_note  # first: puts this checkout on sys.path
 
 from omicskern.ops import backends  # noqa: E402
 from omicskern.ops.attention import alibi_slopes, attention, attention_ref  # noqa: E402
@@ -191,8 +191,7 @@ def render(rows, avail, name, dtype, args):
              ""]
     if not on_gpu:
         lines += ["CPU run: the Triton kernels run only through the interpreter here (not a speed measure), "
-                  "so only `torch` and `sdpa` are timed. The machine was shared with other jobs: timings "
-                  "are noisy.", ""]
+                  "so only `torch` and `sdpa` are timed. " + load_note(), ""]
     others = [b for b in avail if b != baseline] if baseline in avail else []
     head = ["layout", "B", "L", "H", "D", "mask", "ALiBi", "pass"]
     head += [f"{b} ms" for b in avail] + [f"{b} {uname}" for b in avail]

@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,21 +31,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("OMICSKERN_SHARED", ROOT.parent / "shared"))
+from _common import ROOT, SHARED, cpu_name, load_note  # noqa: E402  (puts this checkout on sys.path)
+
 ECOLI = SHARED / "data" / "dna" / "ecoli_k12_mg1655.fa.gz"
 TOKENIZER_JSON = ROOT / "tests" / "data" / "dnabert2_tokenizer.json"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def read_genome(path: Path) -> str:
@@ -147,8 +135,7 @@ def main() -> int:
         f"{budget} s per case; a first run longer than that is the measurement). Mbp/s = bases / time. "
         f"omicskern's time includes special tokens and the ragged int32 numpy output; HF's its `Encoding` "
         f"objects. Ids equal in every row: {'yes' if all(r[-1] for r in rows) else 'NO'}.", "",
-        "The machine is shared with other jobs: wall-clock figures are noisy (the all-threads rows most); "
-        "the CPU-time columns (1 thread) are steadier.", "",
+        load_note() + " The CPU-time columns (1 thread) are steadier than wall clock.", "",
         "| input | threads | omicskern Mbp/s | HF Mbp/s | speed-up | omicskern Mbp/s (CPU time) | HF Mbp/s "
         "(CPU time) | speed-up (CPU time) | ids equal |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, SHARED, cpu_name  # noqa: E402  (also puts the checkout on sys.path)
+from _common import ROOT, SHARED, cpu_name, load_note  # noqa: E402  (also puts the checkout on sys.path)
 
 N_GENES = 20_000
 NNZ_PER_CELL = 2_000
@@ -340,8 +340,7 @@ def main() -> int:
     # ---- table
     lines = [f"# Single-cell tokenizers: omicskern C++ vs numpy reference algorithms ({'quick' if args.quick else 'full'})",
              "",
-             f"Device: {cpu_name()} ({threads} threads available to the run; machine shared with other jobs, so "
-             "timings are noisy: compare ratios within this table). omicskern: C++ over CSR chunks, "
+             f"Device: {cpu_name()} ({threads} threads available to the run). " + load_note() + " omicskern: C++ over CSR chunks, "
              f"{threads} threads, chunk 8192 cells, output chunks consumed as they come (`iter_tokenize`). numpy: the reference tokenizers' algorithms (Geneformer "
              "per-cell argsort after chunk-wise normalisation; scGPT per-cell quantile + digitize), on the first "
              f"{n_ref:,} cells (synthetic) or 2,000 (real).", "",

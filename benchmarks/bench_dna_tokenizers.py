@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, SHARED, cpu_name, slug  # first: puts this checkout on sys.path
+from _common import ROOT, SHARED, cpu_name, slug, load_note  # first: puts this checkout on sys.path
 
 ECOLI = SHARED / "data" / "dna" / "ecoli_k12_mg1655.fa.gz"
 DNABERT2_JSON = SHARED / "fixtures" / "dnabert2_tokenizer" / "tokenizer.json"
@@ -290,8 +290,8 @@ def write_table(args, rows, budget, n_bp, all_threads) -> None:
              "timed with 1 thread on the single string" + ("; --quick: HF/Python baselines 1 thread only, one run "
              "each, the DNABERT-1 Python recipe not on the single string." if args.quick else "."),
              "",
-             "The machine was shared with other jobs while this ran: timings are noisy, the all-threads "
-             "column the most (threads wait on each other when a core is taken).", "",
+             load_note() + " The all-threads column suffers most on a busy machine (threads wait on "
+             "each other when a core is taken).", "",
              "| tokenizer | input | implementation | threads | Mbp/s | vs HF (same threads) | vs numpy (1 thread) | ids = omicskern |",
              "|---|---|---|---|---:|---:|---:|---|"]
     for t, i, n, th, m, eq in rows:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, cuda_median_s, device_name  # first: puts this checkout on sys.path
+from _common import RESULTS, cuda_median_s, device_name, load_note  # first: puts this checkout on sys.path
 
 from omicskern.ops.fftconv import fft_conv, fft_conv_hyenadna_ref  # noqa: E402
 
@@ -169,7 +169,7 @@ def main(argv=None):
         f"({'median, triton.testing.do_bench' if dev.type == 'cuda' else f'process CPU time, best of {reps} interleaved runs after a warm-up'}); "
         f"memory is peak MiB beyond the inputs "
         f"({'max_memory_allocated' if dev.type == 'cuda' else 'process peak RSS growth, approximate'}). "
-        f"Speedup = HyenaDNA torch.fft time / omicskern time. Total run {elapsed:.0f} s.",
+        f"Speedup = HyenaDNA torch.fft time / omicskern time. Total run {elapsed:.0f} s. " + load_note(),
         "",
         "| B | H | L | fwd HyenaDNA | fwd omicskern | speedup | fwd+bwd HyenaDNA | fwd+bwd omicskern | speedup "
         "| mem fwd HyenaDNA | mem fwd omicskern | mem fwd+bwd HyenaDNA | mem fwd+bwd omicskern |",

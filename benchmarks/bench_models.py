@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, cuda_median_s, device_name, slug, wall_median_s  # first: puts this checkout on sys.path
+from _common import ROOT, cuda_median_s, device_name, slug, wall_median_s, load_note  # first: puts this checkout on sys.path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,8 +322,7 @@ def render(rows, name, args):
     if args.device == "cpu":
         lines += ["CPU run: the Triton kernels are not timed (interpreter only), so omicskern runs its CPU "
                   "backends (attention: PyTorch SDPA on packed/unpadded tokens; fft_conv: `torch`). "
-                  "The machine was shared with other jobs: timings are noisy. GPU figures: not measured "
-                  "in this session (no GPU).", ""]
+                  + load_note() + " GPU figures: not measured in this session (no GPU).", ""]
     cpu = args.device == "cpu"
     lines += ["| model | batch | implementation | tokens/s | " + ("CPU ms / forward | wall ms |" if cpu else "ms / forward |")
               + " peak MiB | speed-up vs reference |",
