@@ -99,12 +99,7 @@ class BinnedValueTokenizer:
         self.num_threads = int(num_threads)
 
     def _column_tokens(self, m: CellMatrix, gene_ids) -> tuple[np.ndarray, TokenizeReport]:
-        if gene_ids is not None:
-            keys = np.asarray(gene_ids).astype(str)
-            if len(keys) != m.n_vars:
-                raise ValueError(f"gene_ids has {len(keys)} entries but the input has {m.n_vars} genes (columns)")
-        else:
-            keys = m.gene_keys(self.gene_column)
+        keys = m.gene_keys(self.gene_column, gene_ids=gene_ids)
         rep = TokenizeReport(method=f"binned-value ({self.n_bins} bins, {self.tie_break} ties)", n_genes=m.n_vars)
         import pandas as pd
 

@@ -196,8 +196,14 @@ class CellMatrix:
         self.close()
 
     # -- column helpers ------------------------------------------------------------------------
-    def gene_keys(self, column: str | None, *, what: str = "gene") -> np.ndarray:
-        """The var column (``None`` or ``"index"``: var_names) as an array of str."""
+    def gene_keys(self, column: str | None, *, what: str = "gene", gene_ids=None) -> np.ndarray:
+        """The gene key of every column as an array of str: ``gene_ids`` when given (one per
+        column), else the var column ``column`` (``None`` or ``"index"``: var_names)."""
+        if gene_ids is not None:
+            keys = np.asarray(gene_ids).astype(str)
+            if len(keys) != self.n_vars:
+                raise ValueError(f"gene_ids has {len(keys)} entries but the input has {self.n_vars} genes (columns)")
+            return keys
         if column is None or column == "index":
             if self.var_names is None:
                 raise ValueError(f"the input has no gene names: pass gene_ids= (one per column, {self.n_vars})")
