@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -134,24 +133,24 @@ def test_records_subset(fasta, tmp_path):
     assert load(out)["names"].tolist() == ["chrC", "chrA"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("omicskern.tokenizers.bpe") is not None,
-                    reason="the BPE tokenizer is part of this build")
-def test_bpe_missing_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("content", [pytest.param("{}", id="empty-object"), pytest.param("not json", id="not-json")])
+def test_bad_tokenizer_json_is_a_clear_error(tmp_path, content):
     j = tmp_path / "tokenizer.json"
-    j.write_text("{}")
-    with pytest.raises(SystemExit, match="BPE tokenizer is not available"):
+    j.write_text(content)
+    with pytest.raises(SystemExit, match="cannot load .*tokenizer.json"):
         main(["tokenize", "--tokenizer", "bpe", "--tokenizer-json", str(j)])
+    with pytest.raises(SystemExit, match="cannot load"):
+        main(["tokenize", "--tokenizer", "bpe", "--tokenizer-json", str(tmp_path / "missing.json")])
 
 
-def test_bpe_with_tokenizer_json(shared_dir, tmp_path):
-    bpe = pytest.importorskip("omicskern.tokenizers.bpe")
-    if not hasattr(bpe.BPETokenizer, "from_file"):
-        pytest.skip("BPETokenizer.from_file not available yet")
-    tj = shared_dir / "fixtures" / "dnabert2_tokenizer" / "tokenizer.json"
+def test_bpe_with_tokenizer_json(data_dir, tmp_path):
+    from omicskern.tokenizers.bpe import BPETokenizer
+
+    tj = data_dir / "dnabert2_tokenizer.json"
     out = tmp_path / "bpe.npz"
     assert main(["tokenize", "--tokenizer", "bpe", "--tokenizer-json", str(tj), "--window", "1000",
                  "--out", str(out), "--quiet"]) == 0
     z = load(out)
-    tok = bpe.BPETokenizer.from_file(tj)
+    tok = BPETokenizer.from_file(tj)
     assert z["ids"][z["offsets"][0]:z["offsets"][1]].tolist() == tok.encode(
-        (shared_dir / "data" / "dna" / "lambda_phage.fa").read_text().split("\n", 1)[1].replace("\n", "")[:1000]).tolist()
+        (data_dir / "lambda_phage.fa").read_text().split("\n", 1)[1].replace("\n", "")[:1000]).tolist()

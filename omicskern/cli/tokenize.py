@@ -65,15 +65,13 @@ def make_tokenizer(args):
         return KmerTokenizer(args.k, mode=args.kmer_mode, on_invalid=args.on_invalid, num_threads=args.threads)
     if not args.tokenizer_json:
         raise SystemExit("omicskern tokenize: error: --tokenizer bpe needs --tokenizer-json PATH")
+    from omicskern.tokenizers.bpe import BPETokenizer
+
     try:
-        from omicskern.tokenizers.bpe import BPETokenizer
-    except ImportError as e:
-        raise SystemExit(f"omicskern tokenize: error: the BPE tokenizer is not available in this build ({e})")
-    if not hasattr(BPETokenizer, "from_file"):
-        raise SystemExit("omicskern tokenize: error: this build's BPETokenizer cannot load a tokenizer.json")
-    tok = BPETokenizer.from_file(args.tokenizer_json)
-    if hasattr(tok, "num_threads"):
-        tok.num_threads = args.threads
+        tok = BPETokenizer.from_file(args.tokenizer_json)
+    except (OSError, ValueError, NotImplementedError) as e:
+        raise SystemExit(f"omicskern tokenize: error: cannot load {args.tokenizer_json}: {e}") from None
+    tok.num_threads = args.threads
     return tok
 
 
