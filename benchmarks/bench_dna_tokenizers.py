@@ -161,7 +161,7 @@ def np_overlap(k: int, digit_lut: np.ndarray):
 # ---- main ---------------------------------------------------------------------------------------
 
 def load_genome() -> str:
-    from omicskern.tokenizers.fasta import FastaFile
+    from omicskern.io.fasta import FastaFile
     with FastaFile(ECOLI) as fa:
         return fa.sequence(fa.names[0]).upper()
 

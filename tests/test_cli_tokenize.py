@@ -9,7 +9,7 @@ import pytest
 
 from omicskern.cli import main
 from omicskern.tokenizers import CharTokenizer, KmerTokenizer
-from omicskern.tokenizers.fasta import window_starts
+from omicskern.io.fasta import window_starts
 
 RECORDS = {"chrA": "ACGTACGTTTGACCA" * 40 + "acgtn", "chrB": "NNNNACGTACGGGT", "chrC": "GATTACA" * 11}
 

@@ -119,7 +119,7 @@ def _tokenize_record(tok, fa, name: str, args, stats: _Stats, bar) -> dict:
     """All rows of one record: the whole record, or its windows (encoded in batches)."""
     import numpy as np
     from omicskern.errors import InvalidSequenceError
-    from omicskern.tokenizers.fasta import window_starts
+    from omicskern.io.fasta import window_starts
 
     add = not args.no_special_tokens
     data = fa.sequence(name).encode("utf-8", "surrogateescape")
@@ -150,8 +150,8 @@ def _tokenize_record(tok, fa, name: str, args, stats: _Stats, bar) -> dict:
             raise InvalidSequenceError(f"record {name!r}, position {pos} (0-based): {detail}", index=e.index,
                                        position=pos, byte=e.byte, name=name) from None
         stats.encode_s += time.perf_counter() - t0
-        id_parts.append(batch.ids)
-        len_parts.append(np.diff(batch.offsets))
+        id_parts.append(batch.input_ids)
+        len_parts.append(np.diff(batch.cu_seqlens))
         stats.bases += size
         if bar is not None:
             bar.update(size)
@@ -179,7 +179,7 @@ def _merge(parts: list[dict]) -> dict:
 
 def run(args) -> int:
     from omicskern.errors import InvalidSequenceError
-    from omicskern.tokenizers.fasta import FastaFile
+    from omicskern.io.fasta import FastaFile
 
     fasta = Path(args.fasta) if args.fasta else default_fasta()
     if args.window is not None and args.window <= 0:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "RaggedBatch": "omicskern.tokenizers.base",
-    "PaddedBatch": "omicskern.tokenizers.base",
+    "Batch": "omicskern.batch",
+    "PaddedBatch": "omicskern.batch",
     "SequenceTokenizer": "omicskern.tokenizers.base",
     "reverse_complement": "omicskern.tokenizers.base",
     "CharTokenizer": "omicskern.tokenizers.char",

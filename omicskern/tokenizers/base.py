@@ -8,101 +8,15 @@ the C++ helpers ``_C.ragged_finalize`` / ``_C.ragged_pad`` (parallel, GIL releas
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence, Union
 
 import numpy as np
 
 from omicskern._native import load_C
+from omicskern.batch import Batch, PaddedBatch
 
 SeqLike = Union[str, bytes, bytearray]
 _COMPLEMENT = bytes.maketrans(b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv", b"TGCAANYRMKSWVHDBtgcaanyrmkswvhdb")
-
-
-@dataclass(frozen=True)
-class RaggedBatch:
-    """Token ids of a batch without padding.
-
-    ``ids`` int32 [T] holds every sequence's ids back to back; sequence ``i`` is
-    ``ids[offsets[i]:offsets[i + 1]]``; ``offsets`` int64 [N + 1] starts at 0 and ends at T
-    (``cu_seqlens`` gives it as int32 for variable-length attention kernels).
-    ``soft_mask`` bool [T], when asked for: True where the token came from lower-case (soft-masked)
-    bases. Arrays are numpy; ``torch.from_numpy`` takes them without a copy.
-
-    Example:
-        >>> batch = tok.encode_batch(["ACGT", "AC"], padding=False)
-        >>> batch[1], batch.cu_seqlens, batch.max_seqlen
-    """
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    soft_mask: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"sequence index {i} out of range for a batch of {n}")
-        i %= n
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @property
-    def max_seqlen(self) -> int:
-        return int(self.lengths.max()) if len(self) else 0
-
-    @property
-    def cu_seqlens(self) -> np.ndarray:
-        """``offsets`` as int32 [N + 1], the ``cu_seqlens`` of variable-length attention."""
-        if self.offsets[-1] > np.iinfo(np.int32).max:
-            raise OverflowError(f"{int(self.offsets[-1])} tokens do not fit int32 cu_seqlens; split the batch")
-        return self.offsets.astype(np.int32)
-
-    def to_padded(self, pad_id: int, *, padding_side: Literal["right", "left"] = "right",
-                  length: int | None = None, num_threads: int = 0) -> "PaddedBatch":
-        """Pads to [N, length] (default: the longest sequence)."""
-        C = load_C()
-        left = _check_side(padding_side, "padding_side")
-        n_len = -1 if length is None else int(length)
-        ids, mask = C.ragged_pad(self.ids, self.offsets, np.int32(pad_id), n_len, left, num_threads)
-        soft = None
-        if self.soft_mask is not None:
-            soft, _ = C.ragged_pad(self.soft_mask.view(np.uint8), self.offsets, np.uint8(0), n_len, left, num_threads)
-            soft = soft.view(bool)
-        return PaddedBatch(ids, mask, soft)
-
-
-@dataclass(frozen=True)
-class PaddedBatch:
-    """Token ids of a batch padded to one length.
-
-    ``input_ids`` int32 [N, L]; ``attention_mask`` bool [N, L] (True = real token);
-    ``soft_mask`` bool [N, L] or None. Indexing by name (``batch["input_ids"]``) works as with
-    Hugging Face's ``BatchEncoding``.
-    """
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    soft_mask: np.ndarray | None = None
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if key not in ("input_ids", "attention_mask", "soft_mask"):
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def keys(self):
-        return [k for k in ("input_ids", "attention_mask", "soft_mask") if getattr(self, k) is not None]
 
 
 def _check_side(side: str, what: str) -> bool:
@@ -193,19 +107,19 @@ class SequenceTokenizer(ABC):
         if not isinstance(seq, (str, bytes, bytearray)):
             raise TypeError(f"expected a str or bytes sequence, got {type(seq).__name__}")
         return self.encode_batch([seq], add_special_tokens=add_special_tokens, max_length=max_length,
-                                 truncation=truncation, padding=False).ids
+                                 truncation=truncation, padding=False).input_ids
 
     def encode_batch(self, seqs: Iterable[SeqLike], *, add_special_tokens: bool | None = None,
                      padding: bool | Literal["longest", "max_length"] = "longest", max_length: int | None = None,
                      truncation: bool = False, padding_side: str | None = None, truncation_side: str | None = None,
-                     return_soft_mask: bool = False, num_threads: int | None = None) -> PaddedBatch | RaggedBatch:
+                     return_soft_mask: bool = False, num_threads: int | None = None) -> PaddedBatch | Batch:
         """Many sequences -> a padded batch (default) or a ragged one (``padding=False``).
 
         Args:
             seqs: list of str/bytes.
             add_special_tokens: add this tokenizer's special tokens (default: the constructor's).
             padding: ``"longest"``/True -> [N, longest]; ``"max_length"`` -> [N, max_length];
-                False -> :class:`RaggedBatch` (flat ids + offsets, no padding).
+                False -> :class:`~omicskern.batch.Batch` (flat ids + ``cu_seqlens``, no padding).
             max_length: with ``truncation``, the most tokens a sequence keeps (specials included).
             truncation: cut sequences longer than ``max_length`` (``truncation_side`` end).
             return_soft_mask: also return which tokens came from lower-case bases.
@@ -213,11 +127,12 @@ class SequenceTokenizer(ABC):
 
         Returns:
             :class:`PaddedBatch` with ``input_ids`` int32 [N, L] and ``attention_mask`` bool [N, L],
-            or :class:`RaggedBatch` with ``ids`` int32 [T] and ``offsets`` int64 [N + 1].
+            or :class:`~omicskern.batch.Batch` with ``input_ids`` int32 [T] and ``cu_seqlens``
+            int64 [N + 1].
 
         Example:
             >>> batch = tok.encode_batch(["ACGTAC", "GGN"], padding=False)
-            >>> torch.from_numpy(batch.ids), torch.from_numpy(batch.cu_seqlens)
+            >>> batch.to_torch().input_ids, batch.to_torch().cu_seqlens
         """
         C = load_C()
         seqs = as_sequence_list(seqs)
@@ -233,7 +148,8 @@ class SequenceTokenizer(ABC):
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length")
         keep_end = _check_side(truncation_side or self.truncation_side, "truncation_side")
-        left_pad = padding_side or self.padding_side
+        pad_side = padding_side or self.padding_side
+        _check_side(pad_side, "padding_side")
 
         prefix = list(self.prefix_ids) if add else []
         suffix = list(self.suffix_ids) if add else []
@@ -249,11 +165,11 @@ class SequenceTokenizer(ABC):
                 soft, _ = C.ragged_finalize(soft, offsets, [0] * len(prefix), [0] * len(suffix), limit,
                                             keep_end, threads)
             ids, offsets = new_ids, new_offsets
-        ragged = RaggedBatch(ids, offsets, None if soft is None else soft.view(bool))
+        ragged = Batch(ids, offsets, soft_mask=None if soft is None else soft.view(bool))
         if padding is False:
             return ragged
-        length = max_length if padding == "max_length" else None
-        return ragged.to_padded(self.pad_token_id, padding_side=left_pad, length=length, num_threads=threads)
+        length = max_length if padding == "max_length" else "longest"
+        return ragged.to_padded(self.pad_token_id, pad_side, length, num_threads=threads)
 
     __call__ = encode_batch
 
@@ -274,7 +190,7 @@ class SequenceTokenizer(ABC):
             arr = arr[~np.isin(arr, np.fromiter(self.special_ids, dtype=np.int64))]
         return self._decode_ids(arr)
 
-    def decode_batch(self, batch: PaddedBatch | RaggedBatch | Sequence[Sequence[int]], *,
+    def decode_batch(self, batch: PaddedBatch | Batch | Sequence[Sequence[int]], *,
                      skip_special_tokens: bool = True) -> list[str]:
         """Decodes every sequence of a batch (padding dropped via the attention mask)."""
         if isinstance(batch, PaddedBatch):

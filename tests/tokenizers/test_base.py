@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from omicskern.errors import InvalidSequenceError
-from omicskern.tokenizers import CharTokenizer, KmerTokenizer, PaddedBatch, RaggedBatch, reverse_complement
+from omicskern.tokenizers import CharTokenizer, KmerTokenizer, PaddedBatch, Batch, reverse_complement
 
 SEQS = ["ACGTACGTAC", "A", "", "GGGNNNCCCTTTA", "acgtNacgt"]
 
@@ -86,11 +86,13 @@ def test_padding_max_length_and_errors():
 def test_ragged_cu_seqlens(make):
     tok = make()
     b = tok.encode_batch(SEQS, padding=False)
-    assert isinstance(b, RaggedBatch) and len(b) == len(SEQS)
-    assert b.ids.dtype == np.int32 and b.offsets.dtype == np.int64
+    assert isinstance(b, Batch) and len(b) == len(SEQS)
+    assert b.input_ids.dtype == np.int32 and b.cu_seqlens.dtype == np.int64
     rows = [list(tok.prefix_ids) + r + list(tok.suffix_ids) for r in raw(tok, SEQS)]
     assert [r.tolist() for r in b] == rows
-    assert b.cu_seqlens.dtype == np.int32
+    import torch
+
+    assert b.to_torch().cu_seqlens.dtype == torch.int32  # the varlen kernels' type
     assert b.cu_seqlens.tolist() == np.cumsum([0] + [len(r) for r in rows]).tolist()
     assert b.max_seqlen == max(map(len, rows))
     assert b[-1].tolist() == rows[-1]
@@ -112,22 +114,22 @@ def test_soft_mask_layouts(make):
     tok = make()
     seqs = ["ACGTacgtAC", "aaaaaaa", "ACGTACG"]
     ragged = tok.encode_batch(seqs, padding=False, return_soft_mask=True)
-    assert ragged.soft_mask.dtype == bool and ragged.soft_mask.shape == ragged.ids.shape
+    assert ragged.soft_mask.dtype == bool and ragged.soft_mask.shape == ragged.input_ids.shape
     # specials are never soft-masked; the last row has no lower case
-    for ids, m in zip(ragged, np.split(ragged.soft_mask, ragged.offsets[1:-1])):
+    for ids, m in zip(ragged, np.split(ragged.soft_mask, ragged.cu_seqlens[1:-1])):
         special = np.isin(ids, list(tok.prefix_ids + tok.suffix_ids))
         assert not m[special].any()
-    assert not ragged.soft_mask[ragged.offsets[2]:].any()
-    assert ragged.soft_mask[ragged.offsets[1]:ragged.offsets[2]].sum() > 0
+    assert not ragged.soft_mask[ragged.cu_seqlens[2]:].any()
+    assert ragged.soft_mask[ragged.cu_seqlens[1]:ragged.cu_seqlens[2]].sum() > 0
     padded = tok.encode_batch(seqs, return_soft_mask=True)
     assert padded.soft_mask.shape == padded.input_ids.shape and padded.soft_mask.dtype == bool
     for row in range(len(seqs)):
         np.testing.assert_array_equal(padded.soft_mask[row][padded.attention_mask[row]], ragged.soft_mask[
-            ragged.offsets[row]:ragged.offsets[row + 1]])
+            ragged.cu_seqlens[row]:ragged.cu_seqlens[row + 1]])
         assert not padded.soft_mask[row][~padded.attention_mask[row]].any()
     trunc = tok.encode_batch(seqs, return_soft_mask=True, truncation=True, max_length=4, padding=False)
-    assert trunc.soft_mask.dtype == bool and trunc.soft_mask.shape == trunc.ids.shape
-    np.testing.assert_array_equal(trunc.ids, tok.encode_batch(seqs, truncation=True, max_length=4, padding=False).ids)
+    assert trunc.soft_mask.dtype == bool and trunc.soft_mask.shape == trunc.input_ids.shape
+    np.testing.assert_array_equal(trunc.input_ids, tok.encode_batch(seqs, truncation=True, max_length=4, padding=False).input_ids)
 
 
 def test_soft_mask_values_char():
@@ -165,13 +167,13 @@ def test_zero_copy_to_torch(make):
     torch = pytest.importorskip("torch")
     tok = make()
     b = tok.encode_batch(SEQS, padding=False)
-    for arr in (b.ids, b.offsets):
+    for arr in (b.input_ids, b.cu_seqlens):
         t = torch.from_numpy(arr)
         assert t.data_ptr() == arr.ctypes.data
     p = tok.encode_batch(SEQS)
     t = torch.from_numpy(p.input_ids)
     assert t.data_ptr() == p.input_ids.ctypes.data and t.shape == p.input_ids.shape
-    assert b.ids.flags.c_contiguous and b.ids.flags.owndata is False  # owned by the C++ buffer
+    assert b.input_ids.flags.c_contiguous and b.input_ids.flags.owndata is False  # owned by the C++ buffer
 
 
 @pytest.mark.parametrize("make", TOKENIZERS)
@@ -184,11 +186,11 @@ def test_threads_give_identical_results(make):
     one = tok.encode_batch(seqs, padding=False, num_threads=1, return_soft_mask=True)
     for threads in (2, 0):
         other = tok.encode_batch(seqs, padding=False, num_threads=threads, return_soft_mask=True)
-        np.testing.assert_array_equal(one.ids, other.ids)
-        np.testing.assert_array_equal(one.offsets, other.offsets)
+        np.testing.assert_array_equal(one.input_ids, other.input_ids)
+        np.testing.assert_array_equal(one.cu_seqlens, other.cu_seqlens)
         np.testing.assert_array_equal(one.soft_mask, other.soft_mask)
     tok._chunk = 1 << 18
-    np.testing.assert_array_equal(one.ids, tok.encode_batch(seqs, padding=False, num_threads=1).ids)
+    np.testing.assert_array_equal(one.input_ids, tok.encode_batch(seqs, padding=False, num_threads=1).input_ids)
 
 
 @pytest.mark.parametrize("make", TOKENIZERS)
@@ -228,16 +230,16 @@ def test_input_kinds_agree(make):
     s = "ACGTNACGTTGCA"
     ref = tok.encode(s).tolist()
     for x in (s.encode(), bytearray(s.encode()), memoryview(s.encode()), np.frombuffer(s.encode(), np.uint8)):
-        assert tok.encode_batch([x], padding=False).ids.tolist() == ref
-    assert tok.encode_batch((s, s), padding=False).ids.tolist() == ref * 2  # tuple
-    assert tok.encode_batch(np.array([s, s]), padding=False).ids.tolist() == ref * 2
-    assert tok.encode_batch(iter([s]), padding=False).ids.tolist() == ref  # any iterable
+        assert tok.encode_batch([x], padding=False).input_ids.tolist() == ref
+    assert tok.encode_batch((s, s), padding=False).input_ids.tolist() == ref * 2  # tuple
+    assert tok.encode_batch(np.array([s, s]), padding=False).input_ids.tolist() == ref * 2
+    assert tok.encode_batch(iter([s]), padding=False).input_ids.tolist() == ref  # any iterable
 
 
 def test_empty_batch():
     for tok in (CharTokenizer(), KmerTokenizer(6)):
         r = tok.encode_batch([], padding=False)
-        assert len(r) == 0 and r.ids.size == 0 and r.offsets.tolist() == [0] and r.max_seqlen == 0
+        assert len(r) == 0 and r.input_ids.size == 0 and r.cu_seqlens.tolist() == [0] and r.max_seqlen == 0
         p = tok.encode_batch([])
         assert p.input_ids.shape == (0, 0)
 

@@ -268,7 +268,7 @@ def test_uppercase_opt_in_and_soft_mask():
     for i, s in enumerate(seqs):
         enc = hf.encode(s.upper())
         assert batch[i].tolist() == enc.ids
-        mask = batch.soft_mask[batch.offsets[i]:batch.offsets[i + 1]].tolist()
+        mask = batch.soft_mask[batch.cu_seqlens[i]:batch.cu_seqlens[i + 1]].tolist()
         assert mask == [any(c.islower() for c in s[a:b]) for a, b in enc.offsets]
     # without uppercase, lower case follows the file: [UNK] per HF
     assert tok.encode("acgt", add_special_tokens=False).tolist() == hf.encode("acgt", add_special_tokens=False).ids
@@ -290,8 +290,8 @@ def test_truncation_and_padding_match_hf():
     assert left.input_ids.shape == (4, 12)
     assert left.input_ids.tolist() == [e.ids for e in hf.encode_batch(seqs)]
     ragged = tok.encode_batch(seqs, padding=False)
-    assert ragged.offsets.dtype == np.int64 and ragged.ids.dtype == np.int32
-    assert ragged.cu_seqlens.tolist() == ragged.offsets.tolist()
+    assert ragged.cu_seqlens.dtype == np.int64 and ragged.input_ids.dtype == np.int32
+    assert ragged.to_torch().cu_seqlens.tolist() == ragged.cu_seqlens.tolist()
     for i, s in enumerate(seqs):
         assert ragged[i].tolist() == Tokenizer.from_file(str(DNABERT2)).encode(s).ids
 
@@ -301,7 +301,7 @@ def test_threads_give_identical_results(lambda_seq):
     seqs = [lambda_seq[i:i + 3000] for i in range(0, len(lambda_seq), 3000)] + [lambda_seq]
     one = tok.encode_batch(seqs, padding=False, num_threads=1)
     many = tok.encode_batch(seqs, padding=False, num_threads=4)
-    assert np.array_equal(one.ids, many.ids) and np.array_equal(one.offsets, many.offsets)
+    assert np.array_equal(one.input_ids, many.input_ids) and np.array_equal(one.cu_seqlens, many.cu_seqlens)
 
 
 def test_decode_round_trip(lambda_seq):

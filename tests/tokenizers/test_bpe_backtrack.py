@@ -179,7 +179,7 @@ def test_unknown_characters_split_words_exactly(fuse_unk):
     for i, s in enumerate(seqs):
         enc = hf.encode(s.upper(), add_special_tokens=False)
         assert batch[i].tolist() == enc.ids
-        mask = batch.soft_mask[batch.offsets[i]:batch.offsets[i + 1]].tolist()
+        mask = batch.soft_mask[batch.cu_seqlens[i]:batch.cu_seqlens[i + 1]].tolist()
         assert mask == [any(c.islower() for c in s[a:b]) for a, b in enc.offsets]
 
 

@@ -85,7 +85,7 @@ def test_on_invalid_n_needs_n():
 def test_lowercase_soft_mask():
     tok = CharTokenizer()
     b = tok.encode_batch(["ACgtn", "aC"], padding=False, return_soft_mask=True)
-    assert b.ids.tolist() == [0, 7, 8, 9, 10, 11, 1, 0, 7, 8, 1]
+    assert b.input_ids.tolist() == [0, 7, 8, 9, 10, 11, 1, 0, 7, 8, 1]
     assert b.soft_mask.tolist() == [False, False, False, True, True, True, False, False, True, False, False]
     assert b.soft_mask.dtype == bool
     strict = CharTokenizer(uppercase=False)
@@ -162,7 +162,7 @@ def test_matches_reference(seqs, policy, chunk, threads):
         return
     b = tok.encode_batch(seqs, padding=False, add_special_tokens=False, num_threads=threads)
     assert [r.tolist() for r in b] == expected
-    assert b.offsets.tolist() == np.cumsum([0] + [len(s.encode()) for s in seqs]).tolist()
+    assert b.cu_seqlens.tolist() == np.cumsum([0] + [len(s.encode()) for s in seqs]).tolist()
 
 
 def test_lambda_genome(data_dir):
@@ -178,6 +178,6 @@ def test_lambda_genome(data_dir):
     tok._chunk = 4099  # several tasks on one sequence
     for threads in (1, 2):
         ids = tok.encode(seq, add_special_tokens=False) if threads == 1 else \
-            tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).ids
+            tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).input_ids
         np.testing.assert_array_equal(ids, ref)
     assert tok.decode(tok.encode(seq)) == seq

@@ -120,7 +120,7 @@ def test_long_sequences_cut_into_tasks(seq, k, chunk):
 def test_soft_mask_any_lower_base():
     tok = KmerTokenizer(3)
     b = tok.encode_batch(["ACGtttACGAn"], padding=False, add_special_tokens=False, return_soft_mask=True)
-    assert b.ids.tolist() == nt_ref("ACGTTTACGAN", 3)  # ACG TTT ACG A N
+    assert b.input_ids.tolist() == nt_ref("ACGTTTACGAN", 3)  # ACG TTT ACG A N
     assert b.soft_mask.tolist() == [False, True, False, False, True]
     o = KmerTokenizer(3, mode="overlap")
     b = o.encode_batch(["AAaAAA"], padding=False, add_special_tokens=False, return_soft_mask=True)
@@ -199,8 +199,8 @@ def test_real_genome_window(data_dir):
     for mode, ref in (("nt", nt_ref), ("overlap", overlap_ref)):
         tok = KmerTokenizer(6, mode=mode)
         tok._chunk = 5003
-        one = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=1).ids
-        two = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).ids
+        one = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=1).input_ids
+        two = tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).input_ids
         assert one.tolist() == ref(seq, 6)
         np.testing.assert_array_equal(one, two)
 

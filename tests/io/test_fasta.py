@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omicskern.tokenizers.fasta import FastaFile, window_starts
+from omicskern.io.fasta import FastaFile, window_starts
 
 RECORDS = {"r1": "ACGTACGTACGTAACCGGTT" * 7 + "ACG", "r2": "acgtnnNNACgt", "empty": "", "r4": "N" * 75}
 
