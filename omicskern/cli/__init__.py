@@ -1,7 +1,9 @@
 """``omicskern`` command line. Each subcommand lives in its own module with ``register(subparsers)``.
 
 Subcommand modules import their heavy dependencies inside their ``run`` function, so
-``omicskern --help`` stays fast.
+``omicskern --help`` stays fast. Every subcommand follows one convention (error prefix, exit
+status 0/1/2, summaries on stderr, flags named in messages), implemented in
+:mod:`omicskern.cli._common`; the work itself is done by :mod:`omicskern.pipelines`.
 """
 
 from __future__ import annotations
@@ -33,16 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default: ``sys.argv[1:]``) and returns the exit status
+    (argparse's own exits, ``--help`` and argument errors, are returned too, not raised)."""
+    from omicskern.cli._common import run_command
+
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return run_command(args.command, args.func, args, getattr(args, "_parser", None),
+                       getattr(args, "_flags", None), getattr(args, "_flag_values", None))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 
 from omicskern.cli import main
 from omicskern.tokenizers import BinnedValueTokenizer, RankValueTokenizer
-from omicskern.tokenizers.cells_result import CellTokens
+from omicskern.io.writers import load_npz
 
 
 @pytest.fixture()
@@ -44,11 +44,11 @@ def test_rank_npz(tmp_path, pbmc, capsys):
     assert rc == 0
     err = capsys.readouterr().err
     assert "of 1,107 cells tokenized" in err and "254 of 507 matched" in err and "with no gene in the dictionary" in err
-    got = CellTokens.load_npz(tmp_path / "out.npz")
+    got = load_npz(tmp_path / "out.npz")
     ref = RankValueTokenizer(tokens, medians, preset="V2").tokenize(a)
     np.testing.assert_array_equal(got.input_ids, ref.input_ids)
-    np.testing.assert_array_equal(got.offsets, ref.offsets)
-    np.testing.assert_array_equal(got.obs_names, np.asarray(a.obs_names)[ref.obs_index])
+    np.testing.assert_array_equal(got.cu_seqlens, ref.cu_seqlens)
+    np.testing.assert_array_equal(got.names, np.asarray(a.obs_names)[ref.source])
 
 
 def test_bin_dataset(tmp_path, pbmc, capsys):
@@ -65,10 +65,10 @@ def test_bin_dataset(tmp_path, pbmc, capsys):
     import datasets
 
     ds = datasets.load_from_disk(str(tmp_path / "out.dataset"))
-    ref = BinnedValueTokenizer(vocab, gene_column="gene_symbol", tie_break="random", seed=4, max_len=16).tokenize(a)
+    ref = BinnedValueTokenizer(vocab, gene_column="gene_symbol", tie_break="random", seed=4, max_length=16).tokenize(a)
     assert ds.num_rows == len(ref)
     assert ds["length"] == ref.lengths.tolist()
-    assert ds["input_ids"][5] == ref[5].tolist() and ds["values"][5] == ref.values_of(5).tolist()
+    assert ds["input_ids"][5] == ref[5].tolist() and ds["values"][5] == ref.row_values(5).tolist()
 
 
 def test_errors_are_reported_not_raised(tmp_path, pbmc, capsys):
