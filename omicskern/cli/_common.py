@@ -44,6 +44,8 @@ def flagify(message: str, flags: Mapping[str, str], values: Mapping[str, str] | 
     ``--overwrite``, ``integer_check='warn'`` -> ``--integer-check warn``, ``gene_column=`` -> ``--gene-column``.
     Only ``name=`` forms are rewritten (a bare word may mean something else)."""
     values = values or {}
+    for phrase, text in values.items():  # whole phrases first ("pass uppercase=True" -> ...)
+        message = message.replace(phrase, text)
     if not flags:
         return message
     names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))

@@ -28,14 +28,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from omicskern.cli._common import CommandError, UsageError, existing_path, refuse_unless
+from omicskern.cli._common import CommandError, UsageError, existing_path, flagify, refuse_unless
 
 # pipeline / tokenizer parameter -> flag, for messages
 FLAGS = {"overwrite": "--overwrite", "keep_case": "--keep-case", "window": "--window", "stride": "--stride",
          "on_invalid": "--on-invalid", "add_special_tokens": "--no-special-tokens", "k": "--k", "mode": "--kmer-mode",
          "rank": "--rank", "world_size": "--world-size", "max_unit_bases": "--unit-bases", "records": "--records"}
 FLAG_VALUES = {"add_special_tokens=False": "--no-special-tokens", "keep_case=True": "--keep-case",
-               "overwrite=True": "--overwrite"}
+               "overwrite=True": "--overwrite", "try without keep_case": "leave out --keep-case",
+               "pass uppercase=True": "leave out --keep-case"}
 
 
 def default_fasta() -> Path:
@@ -171,7 +172,8 @@ def run(args) -> int:
             add_special_tokens=not args.no_special_tokens, keep_case=bool(args.keep_case), overwrite=args.overwrite,
             rank=args.rank or 0, world_size=args.world_size or 1, max_unit_bases=args.unit_bases,
             describe=describe(args), sink=_text_sink if to_stdout else None, progress=not args.quiet,
-            on_note=lambda msg: print(f"omicskern tokenize: note: {msg}", file=sys.stderr, flush=True))
+            on_note=lambda msg: print(f"omicskern tokenize: note: {flagify(msg, FLAGS, FLAG_VALUES)}",
+                                      file=sys.stderr, flush=True))
     except InvalidSequenceError as e:
         raise CommandError(f"{e}\n  (use --on-invalid unk or --on-invalid n to map such bytes instead)") from None
 

@@ -25,7 +25,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +127,38 @@ def _fsync_tree(p: Path) -> None:
             os.fsync(f.fileno())
 
 
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
 def temp_path(path: Path) -> Path:
     """A fresh temporary name beside ``path`` (same folder, so ``os.replace`` is a rename),
-    keeping the suffix (writers such as ``np.savez`` add theirs otherwise)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{''.join(path.suffixes[-1:])}")
+    keeping the suffix (writers such as ``np.savez`` add theirs otherwise). It names the host
+    and process, so :func:`remove_stale_temps` can tell a dead writer's leftovers."""
+    return path.with_name(f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                          f"{''.join(path.suffixes[-1:])}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Deletes temporary outputs left in ``folder`` by killed writers of this host (their process
+    is gone); other hosts' (shared file systems) and live ones are left alone."""
+    n = 0
+    for p in Path(folder).iterdir():
+        m = _TEMP.match(p.name)
+        if m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            _remove(p)
+            n += 1
+    return n
 
 
 def _remove(p: Path) -> None:
@@ -360,6 +390,7 @@ class ShardedJob:
             raise JobMismatchError(f"{out} exists and is not a folder (a sharded output is a folder)")
         out.mkdir(parents=True, exist_ok=True)
         with _locked(out):
+            remove_stale_temps(out)
             if self.manifest_path.is_file():
                 old = Manifest.load(self.manifest_path, self.units_field)
                 if old.job_key == self.key.hexdigest:
@@ -371,7 +402,7 @@ class ShardedJob:
                     if isinstance(e, dict) and isinstance(e.get("shard"), str) and "/" not in e["shard"]:
                         (out / e["shard"]).unlink(missing_ok=True)
                 self.manifest_path.unlink()
-            elif any(p.name != ".manifest.lock" for p in out.iterdir()) and not overwrite:
+            elif any(p.name != ".manifest.lock" and not _TEMP.match(p.name) for p in out.iterdir()) and not overwrite:
                 raise JobMismatchError(f"{out} is not empty and has no manifest.json; use overwrite=True "
                                        "or another output path")
             self.manifest = Manifest.new(self.manifest_path, self.key, self.units, config=self.config,

@@ -105,6 +105,19 @@ def _unk_id(tok) -> int | None:
 
 
 # -- npz without timestamps ------------------------------------------------------------------------
+def _reemit(caught: list) -> bool:
+    """Warnings of the tokenizer, caught batch by batch, re-raised once per kind (numbers do not
+    count) with how often they came; True when one of them was about [UNK]."""
+    kinds: dict = {}
+    for w in caught:
+        k = (w.category, re.sub(r"[\d,.%]+", "#", str(w.message)))
+        first, n = kinds.get(k, (w, 0))
+        kinds[k] = (first, n + 1)
+    for (cat, _), (w, n) in kinds.items():
+        warnings.warn(f"{w.message}" + (f" (and {n - 1} more such warnings)" if n > 1 else ""), cat, stacklevel=3)
+    return any("[UNK]" in str(w.message) for w, _ in kinds.values())
+
+
 def write_npz(path: str | os.PathLike, arrays: dict) -> None:
     """``np.savez`` with fixed member times (byte-reproducible output)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -271,7 +284,7 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
             settings["max_unit_bases"] = max_unit_bases
         key = JobKey("tokenize-fasta", fingerprint, tokenizer_identity(tok), settings)
         units = fasta_units(names, [lengths[n] for n in names], window, stride, max_unit_bases if sharded else None)
-        config = {**(describe or {}), "input": {"path": str(fasta.resolve()), **fingerprint}, "window": window,
+        config = {**(describe or {}), "input": fingerprint, "window": window,
                   "stride": stride, "records": list(records) if records else None, "uppercased": uppercased}
         if describe and "tokenizer" in describe:
             config["tokenizer"] = describe["tokenizer"]
@@ -300,24 +313,27 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
         parts: list[dict] = []
         cache: dict = {}
         seen = set()
+        caught: list = []
         try:
-            for u in todo:
-                rows = _encode_unit(tok, fa, u, window, stride, add_special_tokens, res, bar, cache)
-                if u.name not in seen:
-                    seen.add(u.name)
-                    res.records += 1
-                if unk is not None:
-                    res.unk_tokens += int(np.count_nonzero(rows["ids"] == unk))
-                if sink is not None:
-                    sink(rows)
-                if job is not None:
-                    meta = {**config, "record": u.name, "unit": [u.start, u.stop], "job_key": key.hexdigest}
-                    arrays = _rows_arrays(rows, meta, key)
-                    job.write_shard(u, lambda tmp, a=arrays: write_npz(tmp, a), rows=len(rows["names"]),
-                                    tokens=int(rows["ids"].size))
-                elif out is not None:
-                    parts.append(rows)
-                res.units_done += 1
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for u in todo:
+                    rows = _encode_unit(tok, fa, u, window, stride, add_special_tokens, res, bar, cache)
+                    if u.name not in seen:
+                        seen.add(u.name)
+                        res.records += 1
+                    if unk is not None:
+                        res.unk_tokens += int(np.count_nonzero(rows["ids"] == unk))
+                    if sink is not None:
+                        sink(rows)
+                    if job is not None:
+                        meta = {**config, "record": u.name, "unit": [u.start, u.stop], "job_key": key.hexdigest}
+                        arrays = _rows_arrays(rows, meta, key)
+                        job.write_shard(u, lambda tmp, a=arrays: write_npz(tmp, a), rows=len(rows["names"]),
+                                        tokens=int(rows["ids"].size))
+                    elif out is not None:
+                        parts.append(rows)
+                    res.units_done += 1
         finally:
             if bar is not None:
                 bar.close()
@@ -326,10 +342,11 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
         atomic_write(out, lambda tmp: write_npz(tmp, arrays))
     if job is not None:
         res.complete = job.complete
+    library_unk = _reemit(caught)
     specials = res.rows * (len(getattr(tok, "prefix_ids", ())) + len(getattr(tok, "suffix_ids", ()))) \
         if add_special_tokens else 0
     content = max(res.tokens - specials, 0)
-    if content and res.unk_tokens > 0.5 * content:
+    if content and res.unk_tokens > 0.5 * content and not library_unk:
         msg = (f"{res.unk_tokens / content:.2%} of the tokens are [UNK]: the vocabulary does not fit this input"
                + ("" if uppercased or not has_lower else " (it has lower-case bases; try without keep_case)"))
         res.notes.append(msg)
