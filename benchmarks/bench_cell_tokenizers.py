@@ -208,6 +208,7 @@ def bench_file(label, path, n_ref, repeats, rows_out, gene_column="ensembl_id", 
     import scipy.sparse as sp
 
     from omicskern.tokenizers import BinnedValueTokenizer, RankValueTokenizer
+    from omicskern.tokenizers.cells_base import TokenizeReport
 
     t_load = time.perf_counter()
     a = ad.read_h5ad(path)
@@ -224,8 +225,8 @@ def bench_file(label, path, n_ref, repeats, rows_out, gene_column="ensembl_id", 
     binner = BinnedValueTokenizer(vocab, gene_column=bin_column)
     # numpy references on a prefix
     n_ref = min(n_ref, n)
-    col_slot, _ = rank._column_map(_open(a), None)
-    col_token, _ = binner._column_tokens(_open(a), None)
+    col_slot = rank._match_genes(_open(a), None, TokenizeReport())
+    col_token = binner._match_genes(_open(a), None, TokenizeReport())
     Xr = X[:n_ref]
     t_rank_ref = best_of(lambda: rank_value_numpy(Xr, col_slot, rank._slot_token, rank._slot_median, 4094, 2, 3), 1)
     t_bin_ref = best_of(lambda: bin_numpy(Xr, col_token), 1)
@@ -241,7 +242,7 @@ def bench_file(label, path, n_ref, repeats, rows_out, gene_column="ensembl_id", 
     assert len(mine) == len(ref) and all(np.array_equal(np.sort(mine[i]), np.sort(ref[i])) for i in range(len(ref)))
     mb = binner.tokenize(Xr, gene_ids=bkeys)
     rb = bin_numpy(Xr, col_token)
-    assert all(np.array_equal(mb.values_of(i), rb[i][1][:]) for i in range(len(rb)))
+    assert all(np.array_equal(mb.row_values(i), rb[i][1][:]) for i in range(len(rb)))
     res = {}
     for name, tok in (("rank-value (Geneformer V2)", rank), ("binned-value (scGPT, 51 bins)", binner)):
         # both sources streamed the same way (chunks consumed, not accumulated): the rates compare
@@ -260,7 +261,7 @@ def bench_file(label, path, n_ref, repeats, rows_out, gene_column="ensembl_id", 
 
 
 def _open(a):
-    from omicskern.tokenizers.cells_io import open_cells
+    from omicskern.io.cells import open_cells
 
     return open_cells(a)
 

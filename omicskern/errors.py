@@ -40,3 +40,8 @@ class CheckpointError(OmicskernError, ValueError):
 
 class BackendUnavailableError(OmicskernError, RuntimeError):
     """A backend was named explicitly but cannot run here (package missing, no GPU...)."""
+
+
+class NoMatchingGenesError(OmicskernError, ValueError):
+    """No gene of the input is in the tokenizer's dictionary / vocabulary (the message gives
+    examples of both sides and the column the gene keys came from)."""

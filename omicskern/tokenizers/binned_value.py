@@ -7,26 +7,25 @@ subset): ``edges = numpy.quantile(values, numpy.linspace(0, 1, n_bins - 1))``, e
 between the left and right digitization, the draws taken from ``numpy.random.RandomState(seed)``
 in scGPT's order (one ``rand(n)`` per non-empty cell, in cell order), so output equals scGPT's
 ``binning`` after ``np.random.seed(seed)``. Tokens: ``<cls>`` (value ``cls_value``, 0 as in scGPT)
-then the genes in column order with their bins; ``max_len`` (including ``<cls>``) keeps a seeded
+then the genes in column order with their bins; ``max_length`` (including ``<cls>``) keeps a seeded
 random subset (scGPT's ``pad_batch`` samples too, from numpy's global stream: the subset differs)
 or the most expressed genes.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from omicskern._native import load_C
-from omicskern.errors import InvalidCountsError
-from omicskern.tokenizers.cells_io import (CellMatrix, NoMatchingGenesError, cell_label, load_scgpt_vocab,
-                                           open_cells, rethrow_counts_error)
-from omicskern.tokenizers.cells_result import CellTokens, TokenizeReport
+from omicskern.batch import Batch
+from omicskern.errors import MissingColumnError, NoMatchingGenesError
+from omicskern.io.cells import CellMatrix, Chunk
+from omicskern.io.gene_dict import load_scgpt_vocab
+from omicskern.tokenizers.cells_base import CellTokenizer, TokenizeReport
 
 
-class BinnedValueTokenizer:
+class BinnedValueTokenizer(CellTokenizer):
     """scGPT binned-value tokenizer (``binning`` + ``tokenize_and_pad_batch`` semantics).
 
     Args:
@@ -38,25 +37,32 @@ class BinnedValueTokenizer:
         tie_break: ``"deterministic"`` (``numpy.digitize``) or ``"random"`` (scGPT's default
             ``side="both"`` digitize with draws from ``numpy.random.RandomState(seed)``).
         seed: seed of the random tie-break and of the gene sampling.
-        max_len: tokens per cell including ``<cls>`` (``None``: all nonzero genes).
+        max_length: tokens per cell including ``<cls>`` (``None``: all nonzero genes); scGPT's
+            ``max_len``.
         truncate: ``"sample"`` (seeded random subset in C++, kept genes in column order),
             ``"top"`` (most expressed genes, column order) or ``"scgpt"``: scGPT's ``pad_batch``
-            replayed exactly - ``np.random.choice(n - 1, max_len - 1, replace=False)`` per cell
-            longer than ``max_len``, from ``RandomState(seed)``, in numpy's permutation order (a
+            replayed exactly - ``np.random.choice(n - 1, max_length - 1, replace=False)`` per cell
+            longer than ``max_length``, from ``RandomState(seed)``, in numpy's permutation order (a
             Python loop over the long cells only; for reproducing a scGPT run).
         cls_token / pad_token / pad_value: scGPT's ``"<cls>"``, ``"<pad>"``, -2.
         append_cls: prepend ``<cls>`` (value ``cls_value``).
         filter_column, obs_columns, integer_check, skip_empty, chunk_size, num_threads: as
             :class:`~omicskern.tokenizers.RankValueTokenizer` (``integer_check`` defaults to
-            ``"ignore"``: binned values are usually normalised / log1p).
+            ``"ignore"``: binned values are usually normalised / log1p; a ``filter_column`` that
+            is named must exist).
+
+    Attributes: ``pad_token_id`` / ``cls_token_id`` (ids of ``pad_token`` / ``cls_token``;
+    ``None`` / -1 when absent or unused).
 
     Example:
-        >>> tok = BinnedValueTokenizer("vocab.json", n_bins=51, max_len=1200)
+        >>> tok = BinnedValueTokenizer("vocab.json", n_bins=51, max_length=1200)
         >>> out = tok.tokenize(adata); padded = tok.pad(out)  # genes, values, attention_mask
     """
 
+    filter_column_required = True
+
     def __init__(self, vocab, *, n_bins: int = 51, gene_column: str | None = None, gene_subset=None,
-                 tie_break: str = "deterministic", seed: int = 0, max_len: int | None = None,
+                 tie_break: str = "deterministic", seed: int = 0, max_length: int | None = None,
                  truncate: str = "sample", cls_token: str = "<cls>", pad_token: str = "<pad>",
                  pad_value: int = -2, cls_value: int = 0, append_cls: bool = True,
                  filter_column: str | None = None, obs_columns: Sequence[str] | dict = (),
@@ -68,39 +74,35 @@ class BinnedValueTokenizer:
             raise ValueError(f"tie_break must be 'deterministic' or 'random', got {tie_break!r}")
         if truncate not in ("sample", "top", "scgpt"):
             raise ValueError(f"truncate must be 'sample', 'top' or 'scgpt', got {truncate!r}")
-        if integer_check not in ("warn", "error", "ignore"):
-            raise ValueError(f"integer_check must be 'warn', 'error' or 'ignore', got {integer_check!r}")
+        super().__init__(gene_column=gene_column, filter_column=filter_column, obs_columns=obs_columns,
+                         integer_check=integer_check, skip_empty=skip_empty, chunk_size=chunk_size,
+                         num_threads=num_threads)
         self.vocab = load_scgpt_vocab(vocab)
         self.n_bins = int(n_bins)
         self.quantiles = np.linspace(0, 1, self.n_bins - 1)
-        self.gene_column = gene_column
         self.gene_subset = gene_subset
         self.tie_break = tie_break
         self.seed = int(seed)
-        self.max_len = None if max_len is None else int(max_len)
-        if self.max_len is not None and self.max_len < (2 if append_cls else 1):
-            raise ValueError(f"max_len {max_len} leaves no room for genes")
+        self.max_length = None if max_length is None else int(max_length)
+        if self.max_length is not None and self.max_length < (2 if append_cls else 1):
+            raise ValueError(f"max_length {max_length} leaves no room for genes")
         self.truncate = truncate
         self.append_cls = append_cls
         self.cls_token, self.pad_token = cls_token, pad_token
-        self.cls_id = -1
+        self.cls_token_id = -1
         if append_cls:
             if cls_token not in self.vocab:
                 raise ValueError(f"{cls_token!r} is not in the vocabulary (append_cls=True needs it)")
-            self.cls_id = self.vocab[cls_token]
-        self.pad_id = self.vocab.get(pad_token, None)
+            self.cls_token_id = self.vocab[cls_token]
+        self.pad_token_id = self.vocab.get(pad_token, None)
         self.pad_value = int(pad_value)
         self.cls_value = int(cls_value)
-        self.filter_column = filter_column
-        self.obs_columns = dict(obs_columns) if isinstance(obs_columns, dict) else {c: c for c in obs_columns}
-        self.integer_check = integer_check
-        self.skip_empty = skip_empty
-        self.chunk_size = int(chunk_size)
-        self.num_threads = int(num_threads)
 
-    def _column_tokens(self, m: CellMatrix, gene_ids) -> tuple[np.ndarray, TokenizeReport]:
+    # ---- gene matching ----------------------------------------------------------------------
+    def _match_genes(self, m: CellMatrix, gene_ids, rep: TokenizeReport) -> np.ndarray:
+        """Column -> token id (-1: not in the vocabulary or the subset); fills the gene counts of ``rep``."""
         keys = m.gene_keys(self.gene_column, gene_ids=gene_ids)
-        rep = TokenizeReport(method=f"binned-value ({self.n_bins} bins, {self.tie_break} ties)", n_genes=m.n_vars)
+        rep.method = f"binned-value ({self.n_bins} bins, {self.tie_break} ties)"
         import pandas as pd
 
         col_token = pd.Series(keys, dtype=object).map(self.vocab).fillna(-1).to_numpy(np.int64).astype(np.int32)
@@ -112,8 +114,6 @@ class BinnedValueTokenizer:
             if isinstance(sub, str):
                 mask = np.asarray(m.var[sub], bool) if m.var is not None and sub in m.var.columns else None
                 if mask is None:
-                    from omicskern.errors import MissingColumnError
-
                     cols = [] if m.var is None else list(map(str, m.var.columns))
                     raise MissingColumnError(f"adata.var has no column {sub!r} for gene_subset "
                                              f"(columns: {', '.join(cols) or 'none'})")
@@ -133,89 +133,38 @@ class BinnedValueTokenizer:
                 f"none of the {m.n_vars} genes (e.g. {', '.join(map(str, keys[:3]))}) is in the vocabulary"
                 + (" and the gene subset" if self.gene_subset is not None else "")
                 + f" ({len(self.vocab)} entries, e.g. {', '.join(list(self.vocab)[:3])}); check gene_column")
-        return col_token, rep
+        return col_token
 
-    def iter_tokenize(self, data, *, gene_ids=None, layer: str | None = None, progress: bool = False,
-                      report: TokenizeReport | None = None) -> Iterator[CellTokens]:
-        """Tokenizes chunk by chunk (bounded memory for backed inputs); the random tie-break
-        stream continues across chunks, so results do not depend on ``chunk_size``."""
-        m = data if isinstance(data, CellMatrix) else open_cells(data, layer=layer)
-        try:
-            col_token, rep = self._column_tokens(m, gene_ids)
-            if report is not None:
-                report.__dict__.update(rep.__dict__)
-                rep = report
-            keep_all = None
-            if self.filter_column:
-                col = m.obs_column(self.filter_column, required=True)
-                keep_all = np.asarray(col == 1, bool) if col.dtype != bool else col.astype(bool)
-                rep.filter_source = f"obs column {self.filter_column!r} == 1"
-            carried = {dst: m.obs_column(src, required=True) for src, dst in self.obs_columns.items()}
-            obs_names = None if m.obs_names is None else np.asarray(m.obs_names)
-            rs = np.random.RandomState(self.seed) if self.tie_break == "random" else None
-            rs_pad = np.random.RandomState(self.seed) if self.truncate == "scgpt" and self.max_len else None
-            C = load_C()
-            bar = None
-            if progress:
-                from omicskern.tokenizers.rank_value import _progress
+    # ---- tokenizing -------------------------------------------------------------------------
+    def _begin(self, m: CellMatrix, col_token: np.ndarray, rep: TokenizeReport) -> dict:
+        # the random streams continue across chunks, so results do not depend on chunk_size
+        rs = np.random.RandomState(self.seed) if self.tie_break == "random" else None
+        rs_pad = np.random.RandomState(self.seed) if self.truncate == "scgpt" and self.max_length else None
+        return {"col_token": col_token, "rs": rs, "rs_pad": rs_pad}
 
-                bar = _progress(True, m.n_obs)
-            first_non_int = None
-            for ch in m.chunks(self.chunk_size):
-                n = ch.stop - ch.start
-                rows = None if keep_all is None else np.flatnonzero(keep_all[ch.start:ch.stop]).astype(np.int64)
-                sel_rows = np.arange(n, dtype=np.int64) if rows is None else rows
-                try:
-                    rands = None
-                    if rs is not None:
-                        kept, _ = C.cells_bin_count(ch.indptr, ch.indices, ch.data, m.n_vars, col_token, rows=rows,
-                                                    base=ch.base, num_threads=self.num_threads)
-                        rands = rs.random_sample(int(kept.sum()))
-                    r = C.cells_bin_values(ch.indptr, ch.indices, ch.data, m.n_vars, col_token, self.quantiles,
-                                           rands=rands, rows=rows, base=ch.base,
-                                           max_len=0 if rs_pad is not None else (self.max_len or 0),
-                                           truncate="sample" if self.truncate == "scgpt" else self.truncate,
-                                           seed=self.seed,
-                                           global_rows=ch.start + sel_rows, cls_id=self.cls_id,
-                                           cls_value=self.cls_value, skip_empty=self.skip_empty,
-                                           num_threads=self.num_threads)
-                except InvalidCountsError as e:
-                    rethrow_counts_error(e, m, ch, rows)
-                if rs_pad is not None:
-                    r = self._pad_batch_sample(r, rs_pad)
-                non_int = r["non_integer"]
-                if self.integer_check != "ignore" and non_int.any():
-                    k = int(np.argmax(non_int))
-                    where = cell_label(m, ch.start + int(sel_rows[k]))
-                    if self.integer_check == "error":
-                        raise InvalidCountsError(f"{where}: counts are not whole numbers")
-                    if first_non_int is None:
-                        first_non_int = where
-                    rep.n_non_integer_cells += int(non_int.sum())
-                gidx = ch.start + sel_rows[r["out_rows"]]
-                rep.n_cells += n
-                rep.n_filtered += n - len(sel_rows)
-                rep.n_empty += int(np.count_nonzero(r["n_detected"] == 0)) if self.skip_empty else 0
-                rep.n_tokenized += len(gidx)
-                yield CellTokens(r["ids"], r["offsets"], r["values"], gidx,
-                                 None if obs_names is None else obs_names[gidx],
-                                 {k: v[gidx] for k, v in carried.items()}, rep)
-                if bar is not None:
-                    bar.update(n)
-            if bar is not None:
-                bar.close()
-            if first_non_int is not None:
-                warnings.warn(f"{rep.n_non_integer_cells} cells hold non-integer values (first: {first_non_int})",
-                              stacklevel=2)
-        finally:
-            if m is not data:
-                m.close()
+    def _encode_chunk(self, C, m: CellMatrix, ch: Chunk, rows, sel_rows, state: dict) -> dict:
+        col_token, rs, rs_pad = state["col_token"], state["rs"], state["rs_pad"]
+        rands = None
+        if rs is not None:
+            kept, _ = C.cells_bin_count(ch.indptr, ch.indices, ch.data, m.n_vars, col_token, rows=rows,
+                                        base=ch.base, num_threads=self.num_threads)
+            rands = rs.random_sample(int(kept.sum()))
+        r = C.cells_bin_values(ch.indptr, ch.indices, ch.data, m.n_vars, col_token, self.quantiles,
+                               rands=rands, rows=rows, base=ch.base,
+                               max_len=0 if rs_pad is not None else (self.max_length or 0),
+                               truncate="sample" if self.truncate == "scgpt" else self.truncate,
+                               seed=self.seed, global_rows=ch.start + sel_rows, cls_id=self.cls_token_id,
+                               cls_value=self.cls_value, skip_empty=self.skip_empty,
+                               num_threads=self.num_threads)
+        if rs_pad is not None:
+            r = self._pad_batch_sample(r, rs_pad)
+        return r
 
     def _pad_batch_sample(self, r: dict, rs: np.random.RandomState) -> dict:
-        """scGPT pad_batch's sampling of the cells longer than max_len, in cell order."""
+        """scGPT pad_batch's sampling of the cells longer than max_length, in cell order."""
         ids, vals, offs = r["ids"], r["values"], r["offsets"]
         lengths = np.diff(offs)
-        long = np.flatnonzero(lengths > self.max_len)
+        long = np.flatnonzero(lengths > self.max_length)
         if long.size == 0:
             return r
         cls = self.append_cls
@@ -224,35 +173,44 @@ class BinnedValueTokenizer:
             a, n = int(offs[i]), int(lengths[i])
             pieces.append(np.arange(cursor, a))
             if cls:
-                idx = rs.choice(n - 1, self.max_len - 1, replace=False) + 1
+                idx = rs.choice(n - 1, self.max_length - 1, replace=False) + 1
                 idx = np.insert(idx, 0, 0)
             else:
-                idx = rs.choice(n, self.max_len, replace=False)
+                idx = rs.choice(n, self.max_length, replace=False)
             pieces.append(a + idx)
             cursor = int(offs[i + 1])
         pieces.append(np.arange(cursor, len(ids)))
         take = np.concatenate(pieces)
-        new_len = np.minimum(lengths, self.max_len)
+        new_len = np.minimum(lengths, self.max_length)
         out = dict(r)
         out["ids"], out["values"] = ids[take], vals[take]
         out["offsets"] = np.concatenate([[0], np.cumsum(new_len)]).astype(np.int64)
         return out
 
-    def tokenize(self, data, *, gene_ids=None, layer: str | None = None, progress: bool = False) -> CellTokens:
-        """Tokenizes every cell: ``CellTokens`` with ``input_ids`` (gene tokens, ``<cls>`` first)
-        and ``values`` (bins, ``cls_value`` for ``<cls>``), ragged; ``.report`` says what was
-        kept."""
-        rep = TokenizeReport()
-        parts = list(self.iter_tokenize(data, gene_ids=gene_ids, layer=layer, progress=progress, report=rep))
-        return CellTokens.concat(parts, rep)
+    def iter_tokenize(self, data, *, gene_ids=None, layer: str | None = None, progress: bool = False,
+                      report: TokenizeReport | None = None) -> Iterator[Batch]:
+        """Tokenizes chunk by chunk (bounded memory for backed inputs): one
+        :class:`~omicskern.batch.Batch` per chunk (``values``: the bins); the random tie-break
+        stream continues across chunks, so results do not depend on ``chunk_size``."""
+        return self._run(data, gene_ids=gene_ids, layer=layer, progress=progress, report=report)
 
-    def pad(self, tokens: CellTokens, max_len: int | None = None) -> dict:
+    def tokenize(self, data, *, gene_ids=None, layer: str | None = None, progress: bool = False) -> Batch:
+        """Tokenizes every cell: a ragged :class:`~omicskern.batch.Batch` with ``input_ids`` (gene
+        tokens, ``<cls>`` first) and ``values`` (bins, ``cls_value`` for ``<cls>``); ``.report``
+        says what was kept."""
+        return self._tokenize_all(data, gene_ids=gene_ids, layer=layer, progress=progress)
+
+    def pad(self, tokens: Batch, max_length: int | None = None) -> dict:
         """scGPT-style padded batch: ``genes`` [N, L] (``pad_token``'s id), ``values`` [N, L]
-        (``pad_value``), ``attention_mask`` [N, L]; ``L`` = min(longest cell, max_len)."""
-        if self.pad_id is None:
+        (``pad_value``), ``attention_mask`` bool [N, L]; ``L`` = min(longest cell, max_length)
+        (default: the tokenizer's ``max_length``; longer cells keep their first ``L`` tokens)."""
+        if self.pad_token_id is None:
             raise ValueError(f"pad token {self.pad_token!r} is not in the vocabulary")
-        out = tokens.to_padded(pad_id=self.pad_id, pad_value=self.pad_value, max_len=max_len or self.max_len)
-        return {"genes": out["input_ids"], "values": out["values"], "attention_mask": out["attention_mask"]}
+        limit = max_length or self.max_length
+        width = tokens.max_seqlen if limit is None else min(tokens.max_seqlen, int(limit))
+        p = tokens.to_padded(pad_id=self.pad_token_id, length=width, pad_value=self.pad_value, truncate=True,
+                             num_threads=self.num_threads)
+        return {"genes": p.input_ids, "values": p.values, "attention_mask": p.attention_mask}
 
 
 __all__ = ["BinnedValueTokenizer"]

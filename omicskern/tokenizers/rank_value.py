@@ -13,17 +13,15 @@ and equals ``np.argsort(-v, kind="stable")`` always.
 
 from __future__ import annotations
 
-import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from omicskern._native import load_C
-from omicskern.errors import InvalidCountsError, MissingColumnError
-from omicskern.tokenizers.cells_io import (CellMatrix, NoMatchingGenesError, cell_label, load_gene_medians,
-                                           load_symbol_table, load_token_dictionary, open_cells,
-                                           rethrow_counts_error)
-from omicskern.tokenizers.cells_result import CellTokens, TokenizeReport
+from omicskern.batch import Batch
+from omicskern.errors import NoMatchingGenesError
+from omicskern.io.cells import CellMatrix, Chunk
+from omicskern.io.gene_dict import load_gene_medians, load_symbol_table, load_token_dictionary
+from omicskern.tokenizers.cells_base import CellTokenizer, TokenizeReport
 
 PRESETS = {
     # Geneformer V1 (2021, ~30M cells): 2048 genes, no special tokens
@@ -32,10 +30,9 @@ PRESETS = {
     "V2": {"model_input_size": 4096, "special_tokens": True},
 }
 
-_INTEGER_CHECKS = ("warn", "error", "ignore")
 
 
-class RankValueTokenizer:
+class RankValueTokenizer(CellTokenizer):
     """Geneformer rank-value tokenizer (``TranscriptomeTokenizer`` semantics, C++ core).
 
     Args:
@@ -45,6 +42,8 @@ class RankValueTokenizer:
             without a median are not tokenized (as Geneformer's gene list).
         preset: ``"V1"`` (2048, no specials) or ``"V2"`` (4096 with ``<cls>``/``<eos>``);
             ``model_input_size`` / ``special_tokens`` override it.
+        model_input_size: Geneformer's name for the most tokens per cell, specials included
+            (the tokenizer's ``max_length``).
         gene_column: var column holding the gene IDs (``None``: var_names).
         symbol_table: symbol -> Ensembl ID (dict or TSV path, e.g. GENCODE's table) applied to
             the gene keys first, for inputs labelled by symbol. Keys absent from it are kept.
@@ -63,10 +62,20 @@ class RankValueTokenizer:
         chunk_size: cells per C++ call (and per read from a backed h5ad).
         num_threads: C++ threads (``<= 0``: all cores).
 
+    Attributes: ``max_length`` (= ``model_input_size``), ``pad_token_id`` / ``cls_token_id`` /
+    ``eos_token_id`` (``<pad>``, ``<cls>``, ``<eos>`` of the dictionary; ``None`` / -1 when absent
+    or unused).
+
     Example:
         >>> tok = RankValueTokenizer("token_dictionary.pkl", "gene_median_dictionary.pkl", preset="V2")
         >>> out = tok.tokenize("cells.h5ad"); out[0][:5], out.report.summary()
     """
+
+    filter_column_required = False  # Geneformer's filter_pass: used when the column exists
+    _non_integer_error_hint = (" (rank-value encoding expects raw counts; pass integer_check='warn' or 'ignore' "
+                               "to accept them)")
+    _non_integer_warning = ("{n} cells hold non-integer counts (first: {first}); rank-value encoding expects "
+                            "raw counts")
 
     def __init__(self, token_dictionary, gene_medians, *, preset: str = "V2", model_input_size: int | None = None,
                  special_tokens: bool | None = None, gene_column: str | None = "ensembl_id", symbol_table=None,
@@ -76,6 +85,9 @@ class RankValueTokenizer:
                  chunk_size: int = 8192, num_threads: int = 0):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        super().__init__(gene_column=gene_column, filter_column=filter_column, obs_columns=obs_columns,
+                         integer_check=integer_check, skip_empty=skip_empty, chunk_size=chunk_size,
+                         num_threads=num_threads)
         cfg = dict(PRESETS[preset])
         if model_input_size is not None:
             cfg["model_input_size"] = int(model_input_size)
@@ -84,45 +96,42 @@ class RankValueTokenizer:
         self.preset = preset
         self.model_input_size = cfg["model_input_size"]
         self.special_tokens = cfg["special_tokens"]
-        if integer_check not in _INTEGER_CHECKS:
-            raise ValueError(f"integer_check must be one of {_INTEGER_CHECKS}, got {integer_check!r}")
         self.token_dict = load_token_dictionary(token_dictionary)
         self.gene_medians = load_gene_medians(gene_medians)
-        self.cls_id = self.eos_id = -1
+        self.pad_token_id = self.token_dict.get("<pad>")
+        self.cls_token_id = self.eos_token_id = -1
         if self.special_tokens:
             missing = [t for t in ("<cls>", "<eos>") if t not in self.token_dict]
             if missing:
                 raise ValueError(f"special tokens {missing} are not in the token dictionary; the V2 preset needs "
                                  "them (use preset='V1' or special_tokens=False for a V1 dictionary)")
-            self.cls_id, self.eos_id = self.token_dict["<cls>"], self.token_dict["<eos>"]
+            self.cls_token_id, self.eos_token_id = self.token_dict["<cls>"], self.token_dict["<eos>"]
         self.max_genes = self.model_input_size - (2 if self.special_tokens else 0)
         if self.max_genes < 1:
             raise ValueError(f"model_input_size {self.model_input_size} leaves no room for genes")
         bad = [(k, v) for k, v in self.gene_medians.items() if not (np.isfinite(v) and v > 0)]
         if bad:
             raise ValueError(f"gene medians must be positive and finite; {len(bad)} are not, e.g. {bad[:3]}")
-        self.gene_column = gene_column
         self.symbol_table = load_symbol_table(symbol_table) if symbol_table is not None else None
         self.upper_case_ids = upper_case_ids
         self.total_counts_column = total_counts_column
-        self.filter_column = filter_column
-        self.obs_columns = dict(obs_columns) if isinstance(obs_columns, dict) else {c: c for c in obs_columns}
         self.target_sum = float(target_sum)
-        self.integer_check = integer_check
-        self.skip_empty = skip_empty
-        self.chunk_size = int(chunk_size)
-        self.num_threads = int(num_threads)
         # slots: genes with a token and a median, in token-dictionary order
         genes = [g for g in self.token_dict if g in self.gene_medians]
         self._slot_of = {g: i for i, g in enumerate(genes)}
         self._slot_token = np.array([self.token_dict[g] for g in genes], np.int32)
         self._slot_median = np.array([self.gene_medians[g] for g in genes], np.float64)
 
+    @property
+    def max_length(self) -> int:
+        """The most tokens per cell, specials included (Geneformer's ``model_input_size``)."""
+        return self.model_input_size
+
     # ---- gene matching ----------------------------------------------------------------------
-    def _column_map(self, m: CellMatrix, gene_ids) -> tuple[np.ndarray, TokenizeReport]:
+    def _match_genes(self, m: CellMatrix, gene_ids, rep: TokenizeReport) -> np.ndarray:
+        """Column -> gene slot (-1: not a gene of both dictionaries); fills the gene counts of ``rep``."""
         keys = m.gene_keys(self.gene_column, gene_ids=gene_ids)
-        rep = TokenizeReport(method=f"rank-value ({self.preset}, {self.model_input_size} tokens)",
-                             n_genes=m.n_vars)
+        rep.method = f"rank-value ({self.preset}, {self.model_input_size} tokens)"
         import pandas as pd
 
         ser = pd.Series(keys, dtype=object)
@@ -148,128 +157,64 @@ class RankValueTokenizer:
                 f"none of the {m.n_vars} genes ({where}, e.g. {', '.join(map(str, keys[:3]))}) is in the token "
                 f"dictionary with a median ({len(self._slot_of)} genes, e.g. {', '.join(list(self._slot_of)[:3])}). "
                 "Check gene_column, or pass symbol_table= for symbols.")
-        return col_slot, rep
+        return col_slot
 
     # ---- tokenizing -------------------------------------------------------------------------
-    def iter_tokenize(self, data, *, gene_ids=None, total_counts=None, layer: str | None = None,
-                      progress: bool = False, report: TokenizeReport | None = None) -> Iterator[CellTokens]:
-        """Tokenizes chunk by chunk (bounded memory for backed inputs): yields one
-        :class:`CellTokens` per chunk of ``chunk_size`` input cells, ``obs_index`` global.
-        ``report`` (if given) is filled in as chunks go."""
-        m = data if isinstance(data, CellMatrix) else open_cells(data, layer=layer)
-        try:
-            col_slot, rep = self._column_map(m, gene_ids)
-            slot_col = None
-            if rep.n_duplicate_columns:
-                # tie position of a duplicated gene: its first column, whichever columns are nonzero
-                slot_col = np.full(len(self._slot_token), np.iinfo(np.int32).max, np.int32)
-                matched = np.flatnonzero(col_slot >= 0).astype(np.int32)
-                np.minimum.at(slot_col, col_slot[matched], matched)
-            if report is not None:
-                report.__dict__.update(rep.__dict__)
-                rep = report
-            totals_all = None
-            if total_counts is not None:
-                totals_all = np.asarray(total_counts, np.float64)
-                if totals_all.shape != (m.n_obs,):
-                    raise ValueError(f"total_counts has shape {totals_all.shape}, expected ({m.n_obs},)")
-                rep.total_counts_source = "total_counts argument"
-            elif self.total_counts_column:
-                col = m.obs_column(self.total_counts_column, required=False)
-                if col is not None:
-                    try:
-                        totals_all = np.asarray(col, np.float64)
-                    except (TypeError, ValueError):
-                        raise ValueError(f"obs column {self.total_counts_column!r} is not numeric") from None
-                    rep.total_counts_source = f"obs column {self.total_counts_column!r}"
-            if totals_all is None:
-                rep.total_counts_source = "sum over all genes of each cell"
-            keep_all = None
-            if self.filter_column:
-                col = m.obs_column(self.filter_column, required=False)
-                if col is not None:
-                    keep_all = np.asarray(col == 1, bool) if col.dtype != bool else col.astype(bool)
-                    rep.filter_source = f"obs column {self.filter_column!r} == 1"
-            carried = {}
-            for src, dst in self.obs_columns.items():
-                carried[dst] = m.obs_column(src, required=True)
-            obs_names = None if m.obs_names is None else np.asarray(m.obs_names)
-            bar = _progress(progress, m.n_obs)
-            C = load_C()
-            first_non_int = None
-            for ch in m.chunks(self.chunk_size):
-                n = ch.stop - ch.start
-                rows = None
-                if keep_all is not None:
-                    rows = np.flatnonzero(keep_all[ch.start:ch.stop]).astype(np.int64)
-                tot = None
-                if totals_all is not None:
-                    tot = totals_all[ch.start:ch.stop]
-                    if rows is not None:
-                        tot = tot[rows]
-                    tot = np.ascontiguousarray(tot, np.float64)
+    def _begin(self, m: CellMatrix, col_slot: np.ndarray, rep: TokenizeReport, total_counts=None) -> dict:
+        slot_col = None
+        if rep.n_duplicate_columns:
+            # tie position of a duplicated gene: its first column, whichever columns are nonzero
+            slot_col = np.full(len(self._slot_token), np.iinfo(np.int32).max, np.int32)
+            matched = np.flatnonzero(col_slot >= 0).astype(np.int32)
+            np.minimum.at(slot_col, col_slot[matched], matched)
+        totals_all = None
+        if total_counts is not None:
+            totals_all = np.asarray(total_counts, np.float64)
+            if totals_all.shape != (m.n_obs,):
+                raise ValueError(f"total_counts has shape {totals_all.shape}, expected ({m.n_obs},)")
+            rep.total_counts_source = "total_counts argument"
+        elif self.total_counts_column:
+            col = m.obs_column(self.total_counts_column, required=False)
+            if col is not None:
                 try:
-                    r = C.cells_rank_value(ch.indptr, ch.indices, ch.data, m.n_vars, col_slot, self._slot_token,
-                                           self._slot_median, totals=tot, rows=rows, base=ch.base,
-                                           max_genes=self.max_genes, cls_id=self.cls_id, eos_id=self.eos_id,
-                                           target_sum=self.target_sum, skip_empty=self.skip_empty,
-                                           slot_col=slot_col, num_threads=self.num_threads)
-                except InvalidCountsError as e:
-                    rethrow_counts_error(e, m, ch, rows)
-                sel_rows = np.arange(n, dtype=np.int64) if rows is None else rows
-                non_int = r["non_integer"]
-                if self.integer_check != "ignore" and non_int.any():
-                    k = int(np.argmax(non_int))
-                    where = cell_label(m, ch.start + int(sel_rows[k]))
-                    if self.integer_check == "error":
-                        raise InvalidCountsError(
-                            f"{where}: counts are not whole numbers (rank-value encoding expects raw counts; "
-                            "pass integer_check='warn' or 'ignore' to accept them)")
-                    if first_non_int is None:
-                        first_non_int = where
-                    rep.n_non_integer_cells += int(non_int.sum())
-                out_local = sel_rows[r["out_rows"]]
-                gidx = ch.start + out_local
-                rep.n_cells += n
-                rep.n_filtered += n - len(sel_rows)
-                rep.n_empty += int(np.count_nonzero(r["n_detected"] == 0)) if self.skip_empty else 0
-                rep.n_tokenized += len(out_local)
-                yield CellTokens(r["ids"], r["offsets"], None, gidx,
-                                 None if obs_names is None else obs_names[gidx],
-                                 {k: v[gidx] for k, v in carried.items()}, rep)
-                if bar is not None:
-                    bar.update(n)
-            if bar is not None:
-                bar.close()
-            if first_non_int is not None:
-                warnings.warn(f"{rep.n_non_integer_cells} cells hold non-integer counts (first: {first_non_int}); "
-                              "rank-value encoding expects raw counts", stacklevel=2)
-        finally:
-            if m is not data:
-                m.close()
+                    totals_all = np.asarray(col, np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(f"obs column {self.total_counts_column!r} is not numeric") from None
+                rep.total_counts_source = f"obs column {self.total_counts_column!r}"
+        if totals_all is None:
+            rep.total_counts_source = "sum over all genes of each cell"
+        return {"col_slot": col_slot, "slot_col": slot_col, "totals": totals_all}
+
+    def _encode_chunk(self, C, m: CellMatrix, ch: Chunk, rows, sel_rows, state: dict) -> dict:
+        tot = None
+        if state["totals"] is not None:
+            tot = state["totals"][ch.start:ch.stop]
+            if rows is not None:
+                tot = tot[rows]
+            tot = np.ascontiguousarray(tot, np.float64)
+        return C.cells_rank_value(ch.indptr, ch.indices, ch.data, m.n_vars, state["col_slot"], self._slot_token,
+                                  self._slot_median, totals=tot, rows=rows, base=ch.base,
+                                  max_genes=self.max_genes, cls_id=self.cls_token_id, eos_id=self.eos_token_id,
+                                  target_sum=self.target_sum, skip_empty=self.skip_empty,
+                                  slot_col=state["slot_col"], num_threads=self.num_threads)
+
+    def iter_tokenize(self, data, *, gene_ids=None, total_counts=None, layer: str | None = None,
+                      progress: bool = False, report: TokenizeReport | None = None) -> Iterator[Batch]:
+        """Tokenizes chunk by chunk (bounded memory for backed inputs): yields one
+        :class:`~omicskern.batch.Batch` per chunk of ``chunk_size`` input cells (``source``: the
+        global input row). ``total_counts`` [n_cells] overrides the totals. ``report`` (a fresh
+        :class:`TokenizeReport`, if given) is filled in as chunks go."""
+        return self._run(data, gene_ids=gene_ids, layer=layer, progress=progress, report=report,
+                         total_counts=total_counts)
 
     def tokenize(self, data, *, gene_ids=None, total_counts=None, layer: str | None = None,
-                 progress: bool = False) -> CellTokens:
+                 progress: bool = False) -> Batch:
         """Tokenizes every cell of ``data`` (AnnData in memory or backed, ``.h5ad`` path, scipy
-        sparse, dense numpy; plain matrices need ``gene_ids``). Returns a :class:`CellTokens`
-        (ragged ids; ``.to_padded()``, ``.save(...)``) with ``.report``."""
-        if not hasattr(data, "obs") and not isinstance(data, (str, CellMatrix)) and not hasattr(data, "__fspath__"):
-            if gene_ids is None:
-                raise ValueError("a plain matrix has no gene names: pass gene_ids= (one per column)")
-        rep = TokenizeReport()
-        parts = list(self.iter_tokenize(data, gene_ids=gene_ids, total_counts=total_counts, layer=layer,
-                                        progress=progress, report=rep))
-        return CellTokens.concat(parts, rep)
+        sparse, dense numpy; plain matrices need ``gene_ids``). Returns a ragged
+        :class:`~omicskern.batch.Batch` (``input_ids`` int32, ``cu_seqlens``, ``source`` = input
+        row, ``names`` = obs names, ``obs``; ``.to_padded()``, ``.save(...)``) with ``.report``."""
+        return self._tokenize_all(data, gene_ids=gene_ids, layer=layer, progress=progress,
+                                  total_counts=total_counts)
 
 
-def _progress(enabled: bool, total: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, unit="cells", unit_scale=True, desc="tokenizing")
-
-
-__all__ = ["RankValueTokenizer", "PRESETS", "MissingColumnError", "NoMatchingGenesError"]
+__all__ = ["RankValueTokenizer", "PRESETS"]

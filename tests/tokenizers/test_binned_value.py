@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from omicskern.errors import InvalidCountsError, MissingColumnError
+from omicskern.errors import InvalidCountsError, MissingColumnError, NoMatchingGenesError
 from omicskern.tokenizers import BinnedValueTokenizer
-from omicskern.tokenizers.cells_io import NoMatchingGenesError
 
 from .cells_reference import bin_ref, dense, random_counts
 
@@ -35,10 +34,10 @@ def col_tokens(vocab, keys, subset=None):
 
 def assert_same(out, toks, vals, rows):
     assert len(out) == len(toks)
-    np.testing.assert_array_equal(out.obs_index, rows)
+    np.testing.assert_array_equal(out.source, rows)
     for i in range(len(toks)):
         np.testing.assert_array_equal(out[i], toks[i], err_msg=f"ids of output cell {i}")
-        np.testing.assert_array_equal(out.values_of(i), vals[i], err_msg=f"bins of output cell {i}")
+        np.testing.assert_array_equal(out.row_values(i), vals[i], err_msg=f"bins of output cell {i}")
 
 
 @pytest.mark.parametrize("dtype", [
@@ -104,7 +103,7 @@ def test_real_pbmc_backed_equals_in_memory(data_dir):
         o = tok.tokenize(src)
         np.testing.assert_array_equal(o.input_ids, mem.input_ids)
         np.testing.assert_array_equal(o.values, mem.values)
-        np.testing.assert_array_equal(o.offsets, mem.offsets)
+        np.testing.assert_array_equal(o.cu_seqlens, mem.cu_seqlens)
 
 
 def test_gene_subset_list_mask_and_var_column():
@@ -127,20 +126,20 @@ def test_max_len_top_and_sample():
     vocab = make_vocab(SYMS)
     full = BinnedValueTokenizer(vocab).tokenize(X, gene_ids=SYMS)
     D = dense(X)
-    top = BinnedValueTokenizer(vocab, max_len=6, truncate="top").tokenize(X, gene_ids=SYMS)
-    s1 = BinnedValueTokenizer(vocab, max_len=6, truncate="sample", seed=1).tokenize(X, gene_ids=SYMS)
-    s1b = BinnedValueTokenizer(vocab, max_len=6, truncate="sample", seed=1, chunk_size=3,
+    top = BinnedValueTokenizer(vocab, max_length=6, truncate="top").tokenize(X, gene_ids=SYMS)
+    s1 = BinnedValueTokenizer(vocab, max_length=6, truncate="sample", seed=1).tokenize(X, gene_ids=SYMS)
+    s1b = BinnedValueTokenizer(vocab, max_length=6, truncate="sample", seed=1, chunk_size=3,
                                num_threads=1).tokenize(X, gene_ids=SYMS)
-    s2 = BinnedValueTokenizer(vocab, max_len=6, truncate="sample", seed=2).tokenize(X, gene_ids=SYMS)
+    s2 = BinnedValueTokenizer(vocab, max_length=6, truncate="sample", seed=2).tokenize(X, gene_ids=SYMS)
     np.testing.assert_array_equal(s1.input_ids, s1b.input_ids)  # seeded per cell: chunking does not matter
     assert not np.array_equal(s1.input_ids, s2.input_ids)
     tok_col = {vocab[s]: j for j, s in enumerate(SYMS)}
     for i in range(len(full)):
-        f_ids, f_vals = full[i], full.values_of(i)
-        row = int(full.obs_index[i])
+        f_ids, f_vals = full[i], full.row_values(i)
+        row = int(full.source[i])
         n = len(f_ids) - 1
         for o in (top, s1):
-            ids, vals = o[i], o.values_of(i)
+            ids, vals = o[i], o.row_values(i)
             assert ids[0] == 1 and vals[0] == 0
             assert len(ids) == 1 + min(n, 5)
             # a subset of the full tokens, in column order, with the bins of the full cell
@@ -166,7 +165,7 @@ def test_pad_scgpt_style():
     i = int(np.argmin(out.lengths))
     n = out.lengths[i]
     assert (p["genes"][i, n:] == vocab["<pad>"]).all() and (p["values"][i, n:] == -2).all()
-    np.testing.assert_array_equal(p["values"][i, :n], out.values_of(i))
+    np.testing.assert_array_equal(p["values"][i, :n], out.row_values(i))
 
 
 def test_no_cls_and_keep_empty():
@@ -219,16 +218,47 @@ def test_scgpt_pad_batch_replay():
     vocab = make_vocab(SYMS)
     max_len = 9
     full = BinnedValueTokenizer(vocab).tokenize(X, gene_ids=SYMS)
-    out = BinnedValueTokenizer(vocab, max_len=max_len, truncate="scgpt", seed=21, chunk_size=10).tokenize(X, gene_ids=SYMS)
+    out = BinnedValueTokenizer(vocab, max_length=max_len, truncate="scgpt", seed=21, chunk_size=10).tokenize(X, gene_ids=SYMS)
     np.random.seed(21)
     assert len(out) == len(full)
     n_long = 0
     for i in range(len(full)):
-        ids, vals = full[i], full.values_of(i)
+        ids, vals = full[i], full.row_values(i)
         if len(ids) > max_len:
             n_long += 1
             idx = np.insert(np.random.choice(len(ids) - 1, max_len - 1, replace=False) + 1, 0, 0)
             ids, vals = ids[idx], vals[idx]
         np.testing.assert_array_equal(out[i], ids)
-        np.testing.assert_array_equal(out.values_of(i), vals)
+        np.testing.assert_array_equal(out.row_values(i), vals)
     assert n_long > 10
+
+
+def test_output_is_a_batch_and_shared_names():
+    from omicskern.batch import Batch
+
+    X = random_counts(9, n_cells=12, n_genes=40)
+    vocab = make_vocab(SYMS)
+    tok = BinnedValueTokenizer(vocab, max_length=8, chunk_size=5)
+    assert (tok.max_length, tok.pad_token_id, tok.cls_token_id) == (8, 0, 1)
+    out = tok.tokenize(X, gene_ids=SYMS)
+    assert isinstance(out, Batch) and out.report.n_cells == 12
+    assert out.input_ids.dtype == np.int32 and out.values.dtype == np.int32 and out.cu_seqlens.dtype == np.int64
+    assert out.max_seqlen <= 8 and out.names is None
+    with pytest.raises(ValueError, match=r"max_length 1 leaves no room for genes"):
+        BinnedValueTokenizer(vocab, max_length=1)
+
+
+def test_filter_column_named_must_exist_and_plain_matrix_needs_gene_ids():
+    X = random_counts(9, n_cells=12, n_genes=40)
+    vocab = make_vocab(SYMS)
+    keep = np.arange(12) % 3 != 0
+    a = ad.AnnData(X, obs=pd.DataFrame({"qc": keep.astype(int)}, index=[f"c{i}" for i in range(12)]),
+                   var=pd.DataFrame(index=SYMS))
+    out = BinnedValueTokenizer(vocab, filter_column="qc").tokenize(a)
+    toks, vals, rows = bin_ref(X[np.flatnonzero(keep)], col_tokens(vocab, SYMS), cls_id=1)
+    np.testing.assert_array_equal(out.source, np.flatnonzero(keep)[rows])
+    assert out.report.n_filtered == 4 and "'qc' == 1" in out.report.filter_source
+    with pytest.raises(MissingColumnError, match=r"adata.obs has no column 'filter_pass' \(columns: qc\)"):
+        BinnedValueTokenizer(vocab, filter_column="filter_pass").tokenize(a)
+    with pytest.raises(ValueError, match=r"no gene names: pass gene_ids="):
+        BinnedValueTokenizer(vocab).tokenize(X)

@@ -45,7 +45,7 @@ def test_counting_and_radix_paths_match_reference(dtype, tie_break):
             X, gene_ids=SYMS)
         toks, vals, rows = bin_ref(X, col_token, n_bins=n_bins, cls_id=1, rand_seed=3 if tie_break == "random" else None)
         assert len(out) == len(toks)
-        np.testing.assert_array_equal(out.obs_index, rows)
+        np.testing.assert_array_equal(out.source, rows)
         for i in range(len(toks)):
             np.testing.assert_array_equal(out[i], toks[i], err_msg=f"ids of output cell {i}")
-            np.testing.assert_array_equal(out.values_of(i), vals[i], err_msg=f"bins of output cell {i}")
+            np.testing.assert_array_equal(out.row_values(i), vals[i], err_msg=f"bins of output cell {i}")

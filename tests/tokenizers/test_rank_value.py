@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from omicskern.errors import InvalidCountsError, MissingColumnError
+from omicskern.errors import InvalidCountsError, MissingColumnError, NoMatchingGenesError
 from omicskern.tokenizers import RankValueTokenizer
-from omicskern.tokenizers.cells_io import NoMatchingGenesError
 
 from .cells_reference import dense, rank_value_ref, random_counts
 
@@ -33,7 +32,7 @@ def make_dicts(keys, seed=0, medians=(0.5, 1.0, 2.0, 3.7), skip=()):
 
 def assert_same(out, ref_tokens, ref_rows):
     assert len(out) == len(ref_tokens)
-    np.testing.assert_array_equal(out.obs_index, ref_rows)
+    np.testing.assert_array_equal(out.source, ref_rows)
     for i, ref in enumerate(ref_tokens):
         np.testing.assert_array_equal(out[i], ref, err_msg=f"output cell {i} (input row {ref_rows[i]})")
 
@@ -133,7 +132,7 @@ def test_total_counts_from_obs_column_and_sum_over_all_genes():
     out2 = t.tokenize(a2)
     ref2, rows2 = rank_value_ref(X, KEYS40, tok, med)
     assert_same(out2, ref2, rows2)
-    assert out2.obs_names[0] == f"c{rows2[0]}"
+    assert out2.names[0] == f"c{rows2[0]}"
 
 
 def test_filter_column_obs_columns_and_keep_empty():
@@ -184,13 +183,13 @@ def test_real_pbmc_in_memory_backed_dense_csc(data_dir):
     out_backed = t.tokenize(ad.read_h5ad(path, backed="r"))
     for o in (out_path, out_backed):
         np.testing.assert_array_equal(o.input_ids, out_mem.input_ids)
-        np.testing.assert_array_equal(o.offsets, out_mem.offsets)
-        np.testing.assert_array_equal(o.obs_names, out_mem.obs_names)
+        np.testing.assert_array_equal(o.cu_seqlens, out_mem.cu_seqlens)
+        np.testing.assert_array_equal(o.names, out_mem.names)
     out_dense = t.tokenize(a.X.toarray(), gene_ids=keys)
     out_csc = t.tokenize(sp.csc_matrix(a.X), gene_ids=keys)
     for o in (out_dense, out_csc):
         np.testing.assert_array_equal(o.input_ids, out_mem.input_ids)
-        np.testing.assert_array_equal(o.offsets, out_mem.offsets)
+        np.testing.assert_array_equal(o.cu_seqlens, out_mem.cu_seqlens)
 
 
 def test_real_wu2020_symbols_through_gencode_table(shared_dir):
@@ -217,7 +216,7 @@ def test_padded_output():
         np.testing.assert_array_equal(pad["input_ids"][i, :n], out[i])
         assert (pad["input_ids"][i, n:] == 0).all()
         assert pad["attention_mask"][i].sum() == n
-    cut = out.to_padded(pad_id=0, max_len=4)
+    cut = out.to_padded(pad_id=0, length=4, truncate=True)
     long_cell = int(np.argmax(out.lengths))
     assert out.lengths[long_cell] > 4
     np.testing.assert_array_equal(cut["input_ids"][long_cell], out[long_cell][:4])
@@ -359,7 +358,7 @@ def test_equals_geneformer_argsort_when_values_are_distinct(data_dir):
     gtok = np.array([tok[k] for k in keys])
     gmed = np.array([med[k] for k in keys])
     checked = 0
-    for i, row in enumerate(out.obs_index):
+    for i, row in enumerate(out.source):
         s, e = X.indptr[row], X.indptr[row + 1]
         cols, x = X.indices[s:e], X.data[s:e].astype(np.float64)
         v = x / x.sum() * 10_000 / gmed[cols]
@@ -368,3 +367,30 @@ def test_equals_geneformer_argsort_when_values_are_distinct(data_dir):
         np.testing.assert_array_equal(out[i], gtok[cols][np.argsort(-v)][:2048])
         checked += 1
     assert checked > 1000
+
+
+def test_output_is_a_batch_and_the_report_fills_while_streaming():
+    from omicskern.batch import Batch
+    from omicskern.tokenizers.cells_base import TokenizeReport
+
+    X = random_counts(6, n_cells=30, n_genes=40)
+    tok, med = make_dicts(KEYS40)
+    obs = pd.DataFrame({"cell_type": [f"t{i % 3}" for i in range(30)]}, index=[f"c{i}" for i in range(30)])
+    a = ad.AnnData(X, obs=obs, var=pd.DataFrame({"ensembl_id": KEYS40}, index=KEYS40))
+    t = RankValueTokenizer(tok, med, preset="V2", obs_columns=["cell_type"], chunk_size=8)
+    assert (t.max_length, t.pad_token_id, t.cls_token_id, t.eos_token_id) == (4096, 0, 2, 3)
+    out = t.tokenize(a)
+    assert isinstance(out, Batch) and out.values is None
+    assert out.input_ids.dtype == np.int32 and out.cu_seqlens.dtype == np.int64 and out.source.dtype == np.int64
+    np.testing.assert_array_equal(out.names, np.asarray(a.obs_names)[out.source])
+    np.testing.assert_array_equal(out.obs["cell_type"], obs["cell_type"].to_numpy()[out.source])
+    rep = TokenizeReport()
+    parts = list(t.iter_tokenize(a, report=rep))
+    assert len(parts) == 4 and all(isinstance(p, Batch) and p.report is rep for p in parts)
+    assert rep.n_cells == 30 and rep.n_tokenized == len(out) and rep.n_genes == 40
+    assert rep.to_dict() == out.report.to_dict()
+    joined = Batch.concat(parts)
+    np.testing.assert_array_equal(joined.input_ids, out.input_ids)
+    np.testing.assert_array_equal(joined.source, out.source)
+    p = out.to_padded(pad_id=t.pad_token_id)
+    np.testing.assert_array_equal(p.to_ragged().input_ids, out.input_ids)

@@ -153,7 +153,7 @@ def _tokenizer_case(medians, counts, size, preset="V1", shuffle_seed=None):
                              num_threads=1).tokenize(X, gene_ids=keys)
     ref, rows = rank_value_ref(X, keys, tok, med, model_input_size=size, special=preset == "V2")
     assert len(out) == len(ref)
-    np.testing.assert_array_equal(out.obs_index, rows)
+    np.testing.assert_array_equal(out.source, rows)
     for i, r in enumerate(ref):
         np.testing.assert_array_equal(out[i], r, err_msg=f"cell {i}")
 

@@ -1,5 +1,5 @@
-"""Single-cell inputs and outputs: dictionary formats, building dictionaries from h5ad files,
-matrix sources (chunks), writers."""
+"""Gene dictionaries (omicskern.io.gene_dict): formats, Geneformer pickles, symbol tables, and
+building a dictionary with exact medians from h5ad files."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from omicskern.errors import MissingColumnError
+from omicskern.io.gene_dict import (build_gene_dictionary, load_gene_medians, load_scgpt_vocab, load_symbol_table,
+                                    load_token_dictionary, save_gene_dict)
 from omicskern.tokenizers import RankValueTokenizer
-from omicskern.tokenizers.cells_io import (build_gene_dictionary, load_gene_medians, load_scgpt_vocab,
-                                           load_symbol_table, load_token_dictionary, open_cells, save_gene_dict)
-from omicskern.tokenizers.cells_result import CellTokens
 
-from .cells_reference import dense, random_counts
+from ..tokenizers.cells_reference import dense, random_counts
 
 
 @pytest.mark.parametrize("suffix", [".pkl", ".json", ".tsv"])
@@ -98,79 +96,3 @@ def test_build_gene_dictionary_exact_medians(tmp_path, budget):
     # and the result drives the tokenizer
     out = RankValueTokenizer(tokens, medians, preset="V2").tokenize(str(files[0][0]))
     assert len(out) > 0
-
-
-def test_open_cells_sources_and_chunks(tmp_path, data_dir):
-    path = data_dir / "sc" / "pbmc_10x_v3_small.h5ad"
-    a = ad.read_h5ad(path)
-    ref = a.X.toarray()
-    for src in (a, str(path), ad.read_h5ad(path, backed="r"), a.X, a.X.toarray(), sp.csc_matrix(a.X),
-                a.X.astype(np.uint16), a.X.astype(np.int64), a.X.toarray().astype(np.float16)):
-        m = open_cells(src)
-        assert (m.n_obs, m.n_vars) == a.shape
-        got = np.zeros_like(ref)
-        for ch in m.chunks(300):
-            ip = ch.indptr.astype(np.int64) - ch.base
-            for r in range(ch.stop - ch.start):
-                s, e = ip[r], ip[r + 1]
-                got[ch.start + r, ch.indices[s:e]] += ch.data[s:e]
-            assert ch.data.dtype in (np.float32, np.float64, np.int32, np.int64)
-        np.testing.assert_array_equal(got, ref)
-        m.close()
-    with pytest.raises(MissingColumnError, match="layers has no layer 'counts'"):
-        open_cells(a, layer="counts")
-    with pytest.raises(TypeError, match="cannot read cells"):
-        open_cells([1, 2, 3])
-    with pytest.raises(ValueError, match="gene_ids has 3 entries but the matrix has 507 columns"):
-        open_cells(a.X, gene_ids=["a", "b", "c"])
-    with pytest.raises(FileNotFoundError):
-        open_cells(str(tmp_path / "missing.h5ad"))
-
-
-def test_backed_csc_is_refused_with_advice(tmp_path, data_dir):
-    a = ad.read_h5ad(data_dir / "sc" / "pbmc_10x_v3_small.h5ad")
-    a.X = sp.csc_matrix(a.X)
-    a.write_h5ad(tmp_path / "csc.h5ad")
-    with pytest.raises(ValueError, match="CSC"):
-        open_cells(str(tmp_path / "csc.h5ad"))
-
-
-def _tokens():
-    return CellTokens(np.array([5, 6, 7, 8, 9, 10], np.int32), np.array([0, 2, 2, 6], np.int64),
-                      np.array([0, 3, 1, 2, 2, 4], np.int32), np.array([0, 3, 4], np.int64),
-                      np.array(["a", "b", "c"]), {"cell_type": np.array(["T", "B", "T"])})
-
-
-def test_npz_round_trip(tmp_path):
-    t = _tokens()
-    t.save(tmp_path / "out.npz")
-    back = CellTokens.load_npz(tmp_path / "out.npz")
-    for k in ("input_ids", "offsets", "values", "obs_index", "obs_names"):
-        np.testing.assert_array_equal(getattr(back, k), getattr(t, k))
-    np.testing.assert_array_equal(back.obs["cell_type"], t.obs["cell_type"])
-    assert list(back[2]) == [7, 8, 9, 10] and len(back[1]) == 0
-
-
-def test_parquet_and_dataset_writers(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    t = _tokens()
-    t.save(tmp_path / "out.parquet")
-    import pyarrow.parquet as pq
-
-    tab = pq.read_table(tmp_path / "out.parquet")
-    assert tab.column("input_ids").to_pylist() == [[5, 6], [], [7, 8, 9, 10]]
-    assert tab.column("length").to_pylist() == [2, 0, 4]
-    datasets = pytest.importorskip("datasets")
-    t.save(tmp_path / "out.dataset")
-    ds = datasets.load_from_disk(str(tmp_path / "out.dataset"))
-    assert ds["input_ids"] == [[5, 6], [], [7, 8, 9, 10]] and ds["length"] == [2, 0, 4]
-    assert ds["cell_type"] == ["T", "B", "T"]
-    assert pa is not None
-
-
-def test_concat_keeps_order():
-    t = _tokens()
-    both = CellTokens.concat([t, _tokens()])
-    assert len(both) == 6
-    np.testing.assert_array_equal(both[5], t[2])
-    np.testing.assert_array_equal(both.values[-4:], t.values[-4:])
