@@ -87,6 +87,11 @@ class Batch:
     def __post_init__(self):
         ids, cu = self.input_ids, self.cu_seqlens
         if _is_torch(ids):
+            if not _is_torch(cu):
+                import torch
+
+                cu = torch.as_tensor(np.asarray(cu, dtype=np.int64), device=ids.device)
+                object.__setattr__(self, "cu_seqlens", cu)
             if ids.dim() != 1 or cu.dim() != 1 or cu.numel() < 1:
                 raise ValueError(f"input_ids must be [T] and cu_seqlens [N+1], got shapes {tuple(ids.shape)} "
                                  f"and {tuple(cu.shape)}")

@@ -1,8 +1,11 @@
-"""Model classes that load released checkpoints, built from omicskern.modules.
+"""Model classes that load released checkpoints, built from omicskern.modules, behind one interface.
 
-``DNABERT2``, ``HyenaDNA``, ``NucleotideTransformer``, ``Geneformer`` (each with
-``from_pretrained(local_dir)``, ``forward`` and ``embed``), ``accelerate(model)`` that patches a
-``transformers`` model in place, and ``from_hf(model)`` that converts one. Loaded lazily.
+Every class (``DNABERT2``, ``NucleotideTransformer``, ``HyenaDNA``, ``Geneformer``) is an
+:class:`~omicskern.models.base.OmicsModel`: ``from_pretrained(folder)``, ``forward(batch)``,
+``embed(batch, pooling=, layer=)``, ``token_logits``, ``set_backend(**ops)`` and
+``get_tokenizer()``. :func:`load` detects a folder's type from the :data:`REGISTRY`;
+``accelerate(model)`` patches a ``transformers`` model in place and ``from_hf(model)`` converts
+one. Names load lazily.
 """
 
 from __future__ import annotations
@@ -10,6 +13,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "OmicsModel": "omicskern.models.base",
+    "ModelOutput": "omicskern.models.base",
+    "EmbedOutput": "omicskern.models.base",
+    "POOLINGS": "omicskern.models.base",
+    "REGISTRY": "omicskern.models.registry",
+    "load": "omicskern.models.registry",
+    "detect": "omicskern.models.registry",
     "DNABERT2": "omicskern.models.dnabert2",
     "DNABERT2Config": "omicskern.models.dnabert2",
     "HyenaDNA": "omicskern.models.hyenadna",
@@ -20,7 +30,6 @@ _EXPORTS = {
     "GeneformerConfig": "omicskern.models.geneformer",
     "accelerate": "omicskern.models.accelerate",
     "from_hf": "omicskern.models.accelerate",
-    "ModelOutput": "omicskern.models._common",
 }
 
 
@@ -28,6 +37,10 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'omicskern.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 __all__ = list(_EXPORTS)

@@ -1,30 +1,9 @@
-"""Pieces shared by the model classes: output container, input checks, dtype/device on load."""
+"""Pieces shared by the model classes: input checks of the padded form, dtype/device on load."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import torch
 from torch import nn
-
-
-@dataclass
-class ModelOutput:
-    """What ``forward`` returns. Unused fields are ``None``.
-
-    last_hidden_state: ``[B, L, C]`` (padded positions as the reference gives them, see each model).
-    pooler_output: ``[B, C]`` where the model has a pooler.
-    logits: ``[B, L, V]`` (LM head) or ``[B, n_classes]`` (sequence classification head).
-    hidden_states: per-layer outputs when asked for.
-    """
-
-    last_hidden_state: torch.Tensor
-    pooler_output: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    hidden_states: tuple | None = None
-
-    def __getitem__(self, i):  # tuple-style access like transformers outputs: out[0]
-        return [getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None][i]
 
 
 def check_ids(input_ids: torch.Tensor, vocab: int, name: str = "input_ids", dims: int = 2) -> None:
@@ -54,10 +33,18 @@ def check_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> 
     return attention_mask.to(device=input_ids.device).bool()
 
 
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64, "float64": torch.float64}
+
+
 def finish_load(model: nn.Module, dtype: torch.dtype | str | None, device) -> nn.Module:
+    from omicskern.models.base import check_device
+
     if isinstance(dtype, str):
-        dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or a torch.dtype, got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    check_device(device)
     if dtype is not None:
         model = model.to(dtype=dtype)
     if device is not None:
@@ -67,19 +54,3 @@ def finish_load(model: nn.Module, dtype: torch.dtype | str | None, device) -> nn
 
 def param_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
-
-
-def _ragged_inputs(ids, offsets, device):
-    """(ids, offsets) or a tokenizer RaggedBatch -> (ids tensor on ``device``, int32 cu_seqlens, max length)."""
-    from omicskern.modules.padding import cu_seqlens_from_offsets
-
-    if offsets is None:
-        if not (hasattr(ids, "ids") and hasattr(ids, "offsets")):
-            raise TypeError("pass ids and offsets, or a tokenizer RaggedBatch (with .ids and .offsets)")
-        ids, offsets = ids.ids, ids.offsets
-    ids = torch.as_tensor(ids, device=device)
-    cu, max_len = cu_seqlens_from_offsets(offsets)
-    cu = cu.to(device)
-    if int(cu[-1]) != ids.numel():
-        raise ValueError(f"offsets end at {int(cu[-1])} but ids holds {ids.numel()} tokens")
-    return ids, cu, max_len

@@ -38,7 +38,6 @@ from torch import nn
 
 IMPL = "omicskern"
 _SUPPORTED = {"bert": ("BertSelfAttention",), "esm": ("EsmSelfAttention",)}
-_state = {"backend": None, "fallbacks": 0}
 
 
 @dataclass
@@ -91,7 +90,7 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
         # a custom 4-D mask, cross-attention or a KV cache: transformers' own SDPA path
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        _state["fallbacks"] += 1
+        module._omicskern_fallbacks = getattr(module, "_omicskern_fallbacks", 0) + 1
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
@@ -105,10 +104,10 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
         if pk is None:
             pk = attention_mask._omicskern_packing = packing_from_mask(attention_mask)
         out = attention(pk.pack(q), pk.pack(k), pk.pack(v), cu_seqlens=pk.cu_seqlens, max_seqlen=pk.max_seqlen,
-                        softmax_scale=scaling, dropout_p=p, backend=_state["backend"])
+                        softmax_scale=scaling, dropout_p=p, backend=getattr(module, "_omicskern_backend", None))
         return pk.unpack(out), None
     out = attention(q, k, v, causal=causal, key_padding_mask=attention_mask, softmax_scale=scaling,
-                    dropout_p=p, backend=_state["backend"])
+                    dropout_p=p, backend=getattr(module, "_omicskern_backend", None))
     return out, None
 
 
@@ -263,7 +262,9 @@ def accelerate(model: nn.Module, *, backend: str | None = None, quiet: bool = Fa
         else:
             _register()
             previous = model.config._attn_implementation
-            _state["backend"] = backend
+            for n, m in model.named_modules():  # the backend choice lives on each patched module
+                if n in targets:
+                    m._omicskern_backend = backend
             model.set_attn_implementation(IMPL)
             rep = AccelerateReport(name, True, targets, backend, previous,
                                    message="custom 4-D masks, cross-attention and KV caches fall back to "
@@ -289,13 +290,14 @@ def restore(model: nn.Module, implementation: str = "sdpa") -> None:
 def from_hf(model: nn.Module, *, dtype=None, device=None) -> nn.Module:
     """Convert a loaded transformers model into the omicskern class with the same weights.
 
-    * ``model_type == "bert"`` with DNABERT-2's fused ``Wqkv`` (remote code) -> :class:`DNABERT2`;
-      plain ``BertModel``/``BertForMaskedLM`` -> :class:`Geneformer`;
-    * ``model_type == "esm"`` or an NT-v2 remote config -> :class:`NucleotideTransformer`;
-    * HyenaDNA remote classes (``hyena.backbone.*``/``backbone.*`` keys) -> :class:`HyenaDNA`.
-
+    The model registry decides (each class's ``converts_hf``): DNABERT-2's fused ``Wqkv`` (remote
+    code) -> ``DNABERT2``; ``model_type == "esm"`` or an NT-v2 remote config ->
+    ``NucleotideTransformer``; HyenaDNA remote classes (``hyena.backbone.*``/``backbone.*`` keys) ->
+    ``HyenaDNA``; plain ``BertModel``/``BertForMaskedLM`` -> ``Geneformer``.
     Raises ``TypeError`` for anything else.
     """
+    from omicskern.models.registry import REGISTRY
+
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise TypeError(f"from_hf: {type(model).__name__} has no .config; expected a transformers model")
@@ -303,32 +305,12 @@ def from_hf(model: nn.Module, *, dtype=None, device=None) -> nn.Module:
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     dtype = dtype if dtype is not None else next(model.parameters()).dtype
     device = device if device is not None else next(model.parameters()).device
-    mtype = d.get("model_type")
-    if any(".attention.self.Wqkv." in k for k in sd):
-        from omicskern.models.dnabert2 import DNABERT2, DNABERT2Config
-
-        return DNABERT2.from_state_dict(DNABERT2Config.from_dict(d), sd, source=type(model).__name__, dtype=dtype,
-                                        device=device)
-    if mtype == "esm" or "add_bias_fnn" in d:
-        from omicskern.models.nucleotide_transformer import NucleotideTransformer, NucleotideTransformerConfig
-
-        return NucleotideTransformer.from_state_dict(NucleotideTransformerConfig.from_dict(d), sd,
-                                                     source=type(model).__name__, dtype=dtype, device=device)
-    if mtype == "bert":
-        from omicskern.models.geneformer import Geneformer, GeneformerConfig
-
-        return Geneformer.from_state_dict(GeneformerConfig.from_dict(d), sd, source=type(model).__name__,
-                                          dtype=dtype, device=device)
-    if any(k.startswith(("hyena.backbone.", "backbone.")) for k in sd) and "d_model" in d:
-        from omicskern.models._common import finish_load
-        from omicskern.models._loading import load_strict
-        from omicskern.models.hyenadna import HyenaDNA, HyenaDNAConfig, normalize_keys
-
-        m = HyenaDNA(HyenaDNAConfig.from_dict(d))
-        load_strict(m, normalize_keys(sd), source=type(model).__name__, tied=m.tied_keys())
-        return finish_load(m, dtype, device)
-    raise TypeError(f"from_hf: {type(model).__name__} (model_type {mtype!r}) is not a model omicskern can convert "
-                    "(BERT/Geneformer, ESM/Nucleotide Transformer, DNABERT-2, HyenaDNA)")
+    for entry in REGISTRY.values():  # registry order: the most specific first (DNABERT-2 before BERT)
+        cls = entry.cls
+        if cls.converts_hf(d, sd):
+            return cls.from_state_dict(sd, d, source=type(model).__name__, dtype=dtype, device=device)
+    raise TypeError(f"from_hf: {type(model).__name__} (model_type {d.get('model_type')!r}) is not a model omicskern "
+                    f"can convert (registered: {', '.join(REGISTRY)})")
 
 
 __all__ = ["accelerate", "from_hf", "restore", "AccelerateReport"]

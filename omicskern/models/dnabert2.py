@@ -14,14 +14,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from omicskern.errors import CheckpointError
-from omicskern.models._common import ModelOutput, _ragged_inputs, check_ids, check_mask, finish_load
-from omicskern.models._loading import config_get, load_strict, read_config, read_state_dict
+from omicskern.models._common import check_ids, check_mask, finish_load
+from omicskern.models._loading import config_get, load_strict
+from omicskern.models.base import ModelOutput, OmicsModel, find_file, pool_rows
 from omicskern.modules.bert import AlibiBertLayer, set_attention_backend
 from omicskern.modules.embeddings import BertEmbeddings
 from omicskern.modules.mlp import gelu_erf, init_linear_
@@ -41,6 +41,7 @@ class DNABERT2Config:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = None
+    max_position_embeddings: int = 512
 
     @classmethod
     def from_dict(cls, d: dict) -> "DNABERT2Config":
@@ -108,13 +109,24 @@ class _Cls(nn.Module):
         return p.decoder(p.transform(h))
 
 
-class DNABERT2(nn.Module):
+class DNABERT2(OmicsModel):
     """DNABERT-2 encoder (+ optional pooler and tied MLM head), keys as in the released checkpoint.
 
-    ``forward(input_ids: [B, L], attention_mask: [B, L] | None)`` returns a :class:`ModelOutput`
-    with ``last_hidden_state: [B, L, C]`` (0 at padded positions), ``pooler_output: [B, C]`` (if the
-    checkpoint has a pooler) and, with ``return_logits=True``, ``logits: [B, L, V]``.
+    The :class:`~omicskern.models.base.OmicsModel` interface: ``model(batch)`` on the BPE
+    tokenizer's ragged :class:`~omicskern.batch.Batch` gives ``[T, C]`` states; ``embed(batch,
+    pooling=...)`` with the shared pooling names plus ``"pooler"`` (the tanh dense of ``[CLS]``);
+    ``mean`` averages every token, ``[CLS]`` and ``[SEP]`` included, as DNABERT-2's README does.
+    The padded form ``forward(input_ids: [B, L], attention_mask: [B, L] | None)`` returns
+    ``last_hidden_state: [B, L, C]`` (0 at padded positions), ``pooler_output: [B, C]`` (if the
+    checkpoint has a pooler) and, with ``return_logits=True``, ``logits: [B, L, V]``, as the
+    released remote code does.
     """
+
+    model_type = "dnabert2"
+    kind = "masked_lm"
+    config_class = DNABERT2Config
+    ops = ("attention",)
+    extra_poolings = ("pooler",)
 
     def __init__(self, config: DNABERT2Config, *, pooler: bool = True, mlm_head: bool = True):
         super().__init__()
@@ -126,21 +138,19 @@ class DNABERT2(nn.Module):
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype=None, device=None) -> "DNABERT2":
-        """Load ``config.json`` + ``model.safetensors``/``pytorch_model.bin`` from a folder.
-
-        Accepts the ``BertForMaskedLM`` key format (``bert.*``, ``cls.predictions.*``) and the bare
-        ``BertModel``/``AutoModel`` format (no ``bert.`` prefix). The pooler and the MLM head are
-        built when the checkpoint holds them. Mismatches raise :class:`CheckpointError`.
-        """
-        path = Path(path)
-        config = DNABERT2Config.from_dict(read_config(path))
-        sd = read_state_dict(path)
-        return cls.from_state_dict(config, sd, source=str(path), dtype=dtype, device=device)
+    def matches(cls, config: dict, folder) -> bool:
+        # the released config: model_type "bert" with remote code in bert_layers.py
+        return any("bert_layers" in str(v) for v in (config.get("auto_map") or {}).values())
 
     @classmethod
-    def from_state_dict(cls, config: DNABERT2Config, sd: dict, *, source: str = "state_dict", dtype=None,
-                        device=None) -> "DNABERT2":
+    def converts_hf(cls, config: dict, sd: dict) -> bool:
+        return any(".attention.self.Wqkv." in k for k in sd)
+
+    @classmethod
+    def _build(cls, sd, config, *, source, device, dtype, folder) -> "DNABERT2":
+        """Accepts the ``BertForMaskedLM`` key format (``bert.*``, ``cls.predictions.*``) and the bare
+        ``BertModel``/``AutoModel`` format (no ``bert.`` prefix). The pooler and the MLM head are
+        built when the checkpoint holds them. Mismatches raise :class:`CheckpointError`."""
         if not any(k.startswith("bert.") for k in sd):
             sd = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v
                   for k, v in sd.items()}
@@ -151,10 +161,25 @@ class DNABERT2(nn.Module):
                     tied={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"})
         return finish_load(model, dtype, device)
 
-    def set_backend(self, attention: str | None = None) -> "DNABERT2":
-        """Use attention backend ``attention`` (``None`` = best available) in every layer."""
-        set_attention_backend(self, attention)
-        return self
+    @property
+    def max_length(self) -> int:
+        """ALiBi has no position table; DNABERT-2 was trained to ``max_position_embeddings`` tokens."""
+        return self.config.max_position_embeddings
+
+    def _tokenizer(self, folder, *, tokenizer_file=None, **kwargs):
+        from omicskern.tokenizers import BPETokenizer
+
+        path = tokenizer_file or find_file(folder, ("tokenizer.json",))
+        if path is None:
+            where = f"in {folder}" if folder is not None else "(the model was not loaded from a folder)"
+            raise FileNotFoundError(
+                f"DNABERT2.get_tokenizer: no tokenizer.json {where}. DNABERT-2's tokenizer is the "
+                "tokenizer.json of its checkpoint (zhihan1996/DNABERT-2-117M): put it in the checkpoint "
+                "folder or pass get_tokenizer(tokenizer_file=...)")
+        return BPETokenizer.from_file(path, **kwargs)
+
+    def _set_backends(self, ops: dict) -> None:
+        set_attention_backend(self, ops["attention"])
 
     # -- compute ---------------------------------------------------------------------------------
     def alibi_slopes(self, device) -> torch.Tensor:
@@ -164,26 +189,37 @@ class DNABERT2(nn.Module):
         return self._slopes[key]
 
     def forward_packed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                       token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder on packed tokens. input_ids: ``[T]``, cu_seqlens: int32 ``[N+1]`` -> ``[T, C]``."""
+                       token_type_ids: torch.Tensor | None = None, keep_states: bool = False):
+        """Encoder on packed tokens. input_ids: ``[T]``, cu_seqlens: int32 ``[N+1]`` -> ``[T, C]``
+        (and every hidden state when ``keep_states``)."""
         x = self.bert.embeddings(input_ids, token_type_ids)
+        states = [x] if keep_states else None
         slopes = self.alibi_slopes(x.device)
         for layer in self.bert.encoder.layer:
             x = layer(x, cu_seqlens, max_seqlen, slopes)
-        return x
+            if keep_states:
+                states.append(x)
+        return (x, states) if keep_states else x
 
-    def forward_ragged(self, ids, offsets=None) -> torch.Tensor:
-        """Encoder on a ragged batch (the BPE tokenizer's output, no padding at all).
+    def _encode(self, ids, cu, max_len, keep_states):
+        if keep_states:
+            return self.forward_packed(ids, cu, max_len, keep_states=True)
+        return self.forward_packed(ids, cu, max_len), None
 
-        ids: int ``[T]`` and offsets ``[N+1]`` (tensors or numpy arrays), or a tokenizer
-        ``RaggedBatch`` as ``ids`` alone -> ``[T, C]``.
-        """
-        ids, cu, max_len = _ragged_inputs(ids, offsets, self.bert.embeddings.word_embeddings.weight.device)
-        check_ids(ids, self.config.vocab_size, "ids", dims=1)
-        return self.forward_packed(ids.long(), cu, max_len)
+    def _lm_head(self, h):
+        if self.cls is None:
+            raise RuntimeError("this DNABERT2 has no MLM head (the checkpoint has no cls.predictions.* keys)")
+        return self.cls(h)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, *, return_logits: bool = False) -> ModelOutput:
+    def _pool(self, h, ids, cu, pooling):
+        if pooling == "pooler":
+            if self.bert.pooler is None:
+                raise RuntimeError("pooling='pooler' needs a checkpoint with bert.pooler.* weights")
+            return self.bert.pooler(h[cu[:-1].long()])
+        return pool_rows(h, cu, pooling)
+
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       token_type_ids: torch.Tensor | None = None, *, return_logits: bool = False) -> ModelOutput:
         check_ids(input_ids, self.config.vocab_size)
         mask = check_mask(attention_mask, input_ids)
         pk = packing_from_mask(mask)
@@ -191,38 +227,13 @@ class DNABERT2(nn.Module):
         h = self.forward_packed(pk.pack(input_ids), pk.cu_seqlens, pk.max_seqlen, tt)
         hidden = pk.unpack(h)
         pooled = self.bert.pooler(hidden[:, 0]) if self.bert.pooler is not None else None
-        logits = self._logits(h, pk) if return_logits else None
+        logits = self._padded_logits(h, pk) if return_logits else None
         return ModelOutput(hidden, pooled, logits)
 
-    def _logits(self, h: torch.Tensor, pk: Packing) -> torch.Tensor:
-        if self.cls is None:
-            raise RuntimeError("this DNABERT2 has no MLM head (the checkpoint has no cls.predictions.* keys)")
+    def _padded_logits(self, h: torch.Tensor, pk: Packing) -> torch.Tensor:
         # The reference runs the head on the zero-filled padded output: padded rows are head(0).
-        fill = self.cls(h.new_zeros(1, h.shape[1]))[0]
-        return pk.unpack(self.cls(h), fill=fill)
-
-    @torch.no_grad()
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              pooling: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token ``[B, L, C]`` (0 at padding) and pooled ``[B, C]`` embeddings.
-
-        pooling: ``"mean"`` over the real tokens ([CLS] and [SEP] included, as DNABERT-2's README
-        computes sequence embeddings), ``"cls"`` (first token) or ``"pooler"`` (tanh dense of it).
-        """
-        out = self.forward(input_ids, attention_mask)
-        h = out.last_hidden_state
-        if pooling == "mean":
-            m = check_mask(attention_mask, input_ids).to(h.dtype)
-            pooled = (h.float().sum(1) / m.float().sum(1, keepdim=True)).to(h.dtype)
-        elif pooling == "cls":
-            pooled = h[:, 0]
-        elif pooling == "pooler":
-            if out.pooler_output is None:
-                raise RuntimeError("pooling='pooler' needs a checkpoint with bert.pooler.* weights")
-            pooled = out.pooler_output
-        else:
-            raise ValueError(f"pooling must be 'mean', 'cls' or 'pooler', got {pooling!r}")
-        return h, pooled
+        fill = self._lm_head(h.new_zeros(1, h.shape[1]))[0]
+        return pk.unpack(self._lm_head(h), fill=fill)
 
 
 def dnabert2_padded_reference(model: DNABERT2, input_ids: torch.Tensor,

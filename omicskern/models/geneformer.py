@@ -16,18 +16,18 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from omicskern.errors import CheckpointError
-from omicskern.models._common import ModelOutput, check_ids, check_mask, finish_load
-from omicskern.models._loading import load_strict, read_config, read_state_dict
+from omicskern.models._common import check_ids, check_mask, finish_load
+from omicskern.models._loading import load_strict
+from omicskern.models.base import ModelOutput, OmicsModel, find_file, pool_rows
 from omicskern.modules.bert import BertLayer, set_attention_backend
 from omicskern.modules.embeddings import BertEmbeddings
 from omicskern.modules.mlp import activation, init_linear_
-from omicskern.modules.padding import cu_seqlens_from_offsets, packing_from_mask, positions_in_rows, segment_mean
+from omicskern.modules.padding import packing_from_mask, positions_in_rows
 
 
 @dataclass
@@ -122,13 +122,29 @@ class _Cls(nn.Module):
         return p.decoder(p.transform(h))
 
 
-class Geneformer(nn.Module):
+#: where Geneformer keeps its dictionaries: next to the model, or in the repository's geneformer/
+TOKEN_DICT_PATTERNS = ("token_dictionary*.pkl", "*token_dict*.pkl")
+MEDIAN_DICT_PATTERNS = ("gene_median_dictionary*.pkl", "*median*.pkl")
+
+
+class Geneformer(OmicsModel):
     """BERT encoder (+ MLM head, + pooler when the checkpoint has one) with transformers' key names.
 
-    Ragged API: ``forward_ragged(ids: [T], offsets: [N+1])`` -> ``[T, C]``;
-    ``cell_embeddings(ids, offsets)`` -> ``[N, C]``. Padded API like transformers:
-    ``forward(input_ids: [B, L], attention_mask)`` -> :class:`ModelOutput` (0 at padding).
+    The :class:`~omicskern.models.base.OmicsModel` interface on the rank-value tokenizer's ragged
+    :class:`~omicskern.batch.Batch` (positions restart at 0 in every cell, attention is varlen).
+    ``embed`` follows Geneformer's ``EmbExtractor``: the default ``layer=-2`` is its
+    ``emb_layer=-1`` (the second-to-last layer; ``layer=-1`` is its ``emb_layer=0``), ``mean``
+    (its ``emb_mode="cell"``) averages the gene tokens, leaving out ``<cls>``/``<eos>`` when the
+    token dictionary has them, and ``cls`` (V2's ``emb_mode="cls"``) takes the ``<cls>`` token.
+    The padded form like transformers: ``forward(input_ids: [B, L], attention_mask)`` ->
+    :class:`ModelOutput` (0 at padding).
     """
+
+    model_type = "geneformer"
+    kind = "cell"
+    config_class = GeneformerConfig
+    ops = ("attention",)
+    default_layer = -2
 
     def __init__(self, config: GeneformerConfig, *, mlm_head: bool = True, pooler: bool = False):
         super().__init__()
@@ -138,19 +154,24 @@ class Geneformer(nn.Module):
         init_linear_(self)
         if self.cls is not None and config.tie_word_embeddings:
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        #: ids of ``<cls>`` / ``<eos>`` (from the token dictionary; None when it has none or is unknown)
+        self.cls_token_id: int | None = None
+        self.eos_token_id: int | None = None
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype=None, device=None) -> "Geneformer":
-        """Load ``config.json`` + ``model.safetensors``/``pytorch_model.bin`` in ``BertForMaskedLM``
-        (``bert.*``, ``cls.predictions.*``) or ``BertModel`` (no prefix) format."""
-        path = Path(path)
-        config = GeneformerConfig.from_dict(read_config(path))
-        return cls.from_state_dict(config, read_state_dict(path), source=str(path), dtype=dtype, device=device)
+    def matches(cls, config: dict, folder) -> bool:
+        if config.get("model_type") != "bert" or any("bert_layers" in str(v) for v in (config.get("auto_map") or {}).values()):
+            return False
+        return find_file(folder, TOKEN_DICT_PATTERNS, search_parents=True) is not None
 
     @classmethod
-    def from_state_dict(cls, config: GeneformerConfig, sd: dict, *, source: str = "state_dict", dtype=None,
-                        device=None) -> "Geneformer":
+    def converts_hf(cls, config: dict, sd: dict) -> bool:
+        return config.get("model_type") == "bert" and not any(".attention.self.Wqkv." in k for k in sd)
+
+    @classmethod
+    def _build(cls, sd, config, *, source, device, dtype, folder) -> "Geneformer":
+        """``BertForMaskedLM`` (``bert.*``, ``cls.predictions.*``) or ``BertModel`` (no prefix) keys."""
         if not any(k.startswith("bert.") for k in sd):
             sd = {("bert." + k if k.split(".")[0] in ("embeddings", "encoder", "pooler") else k): v
                   for k, v in sd.items()}
@@ -163,14 +184,45 @@ class Geneformer(nn.Module):
         model = cls(config, mlm_head=any(k.startswith("cls.predictions.") for k in sd),
                     pooler=any(k.startswith("bert.pooler.") for k in sd))
         load_strict(model, sd, source=source, tied=tied)
+        td = find_file(folder, TOKEN_DICT_PATTERNS, search_parents=True)
+        if td is not None:
+            model._read_special_ids(td)
         return finish_load(model, dtype, device)
 
-    def set_backend(self, attention: str | None = None) -> "Geneformer":
-        set_attention_backend(self, attention)
-        return self
+    def _read_special_ids(self, token_dictionary) -> None:
+        from omicskern.io.gene_dict import load_token_dictionary
+
+        d = load_token_dictionary(token_dictionary)
+        self.cls_token_id = d.get("<cls>")
+        self.eos_token_id = d.get("<eos>")
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    def _tokenizer(self, folder, *, token_dictionary=None, gene_medians=None, **kwargs):
+        from omicskern.tokenizers import RankValueTokenizer
+
+        td = token_dictionary or find_file(folder, TOKEN_DICT_PATTERNS, search_parents=True)
+        gm = gene_medians or find_file(folder, MEDIAN_DICT_PATTERNS, search_parents=True)
+        where = f"in {folder} (or its parent, or its parent's geneformer/)" if folder is not None \
+            else "(the model was not loaded from a folder)"
+        for value, what, pattern, kw in ((td, "token dictionary", TOKEN_DICT_PATTERNS[0], "token_dictionary"),
+                                         (gm, "gene median dictionary", MEDIAN_DICT_PATTERNS[0], "gene_medians")):
+            if value is None:
+                raise FileNotFoundError(
+                    f"Geneformer.get_tokenizer: no {what} ({pattern}) {where}. Geneformer ships it in its "
+                    f"repository's geneformer/ folder: copy it next to the model or pass get_tokenizer({kw}=...)")
+        self._read_special_ids(td)
+        if "preset" not in kwargs:  # V2 dictionaries carry <cls>/<eos>; V1 ones don't
+            kwargs["preset"] = "V2" if self.cls_token_id is not None else "V1"
+        return RankValueTokenizer(td, gm, **kwargs)
+
+    def _set_backends(self, ops: dict) -> None:
+        set_attention_backend(self, ops["attention"])
 
     # -- compute ---------------------------------------------------------------------------------
-    def _encode(self, ids, positions, cu_seqlens, max_seqlen, token_type_ids=None, keep_states=False):
+    def _run(self, ids, positions, cu_seqlens, max_seqlen, token_type_ids=None, keep_states=False):
         x = self.bert.embeddings(ids, token_type_ids, positions)
         states = [x] if keep_states else None
         for layer in self.bert.encoder.layer:
@@ -179,35 +231,37 @@ class Geneformer(nn.Module):
                 states.append(x)
         return x, states
 
-    def _ragged(self, ids, offsets):
-        if offsets is None:
-            if not (hasattr(ids, "ids") and hasattr(ids, "offsets")):
-                raise TypeError("pass ids and offsets, or a tokenizer RaggedBatch (with .ids and .offsets)")
-            ids, offsets = ids.ids, ids.offsets
-        return torch.as_tensor(ids, device=self.bert.embeddings.word_embeddings.weight.device), offsets
+    def _encode(self, ids, cu, max_len, keep_states):
+        return self._run(ids, positions_in_rows(cu, ids.numel()), cu, max_len, keep_states=keep_states)
 
-    def forward_ragged(self, ids, offsets=None, *, output_hidden_states: bool = False):
-        """Encoder on ragged cells. ids: int ``[T]``, offsets: ``[N+1]`` (tensors or numpy arrays),
-        or a tokenizer ``RaggedBatch`` as ``ids`` alone -> ``[T, C]`` (and, with
-        ``output_hidden_states``, the ``num_hidden_layers + 1`` states ``[T, C]`` as transformers'
-        ``hidden_states`` tuple)."""
-        ids, offsets = self._ragged(ids, offsets)
-        check_ids(ids, self.config.vocab_size, "ids", dims=1)
-        cu, max_len = cu_seqlens_from_offsets(offsets)
-        cu = cu.to(ids.device)
-        if int(cu[-1]) != ids.numel():
-            raise ValueError(f"offsets end at {int(cu[-1])} but ids holds {ids.numel()} tokens")
-        if max_len > self.config.max_position_embeddings:
-            n = int(torch.argmax(cu[1:] - cu[:-1]))
-            raise ValueError(f"cell {n} has {max_len} tokens, more than max_position_embeddings="
-                             f"{self.config.max_position_embeddings}; truncate it when tokenizing")
-        pos = positions_in_rows(cu, ids.numel())
-        x, states = self._encode(ids.long(), pos, cu, max_len, keep_states=output_hidden_states)
-        return (x, tuple(states)) if output_hidden_states else x
+    def _lm_head(self, h):
+        if self.cls is None:
+            raise RuntimeError("this Geneformer has no MLM head (no cls.predictions.* keys in the checkpoint)")
+        return self.cls(h)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, *, return_logits: bool = False,
-                output_hidden_states: bool = False) -> ModelOutput:
+    def _pool(self, h, ids, cu, pooling):
+        starts, ends = cu[:-1].long(), cu[1:].long()
+        if pooling == "cls":
+            if self.cls_token_id is not None and bool((ids[starts] != self.cls_token_id).any()):
+                n = int(torch.nonzero(ids[starts] != self.cls_token_id)[0])
+                raise ValueError(f"pooling='cls': cell {n} does not start with <cls> (id {self.cls_token_id}); "
+                                 "tokenize with the V2 special tokens")
+            return pool_rows(h, cu, "cls")
+        if pooling not in ("mean", "max"):
+            return pool_rows(h, cu, pooling)
+        if bool((ends == starts).any()):
+            raise ValueError(f"cell {int(torch.nonzero(ends == starts)[0])} has no tokens")
+        keep = torch.ones(ids.numel(), dtype=torch.bool, device=h.device)
+        if self.cls_token_id is not None:  # EmbExtractor drops a leading <cls> and a trailing <eos>
+            keep[starts[ids[starts] == self.cls_token_id]] = False
+        if self.eos_token_id is not None:
+            last = ends - 1
+            keep[last[ids[last] == self.eos_token_id]] = False
+        return pool_rows(h, cu, pooling, keep)
+
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       token_type_ids: torch.Tensor | None = None, *, return_logits: bool = False,
+                       output_hidden_states: bool = False) -> ModelOutput:
         """Padded batch (transformers' ``BertModel`` semantics: positions are the padded column)."""
         check_ids(input_ids, self.config.vocab_size)
         mask = check_mask(attention_mask, input_ids)
@@ -216,69 +270,10 @@ class Geneformer(nn.Module):
             raise ValueError(f"sequence length {pk.seqlen} exceeds max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
         tt = None if token_type_ids is None else pk.pack(token_type_ids.to(input_ids.device))
-        x, states = self._encode(pk.pack(input_ids), pk.columns(), pk.cu_seqlens, pk.max_seqlen, tt,
-                                 keep_states=output_hidden_states)
+        x, states = self._run(pk.pack(input_ids), pk.columns(), pk.cu_seqlens, pk.max_seqlen, tt,
+                              keep_states=output_hidden_states)
         hidden = pk.unpack(x)
         pooled = self.bert.pooler(hidden[:, 0]) if self.bert.pooler is not None else None
-        logits = pk.unpack(self.mlm_logits(x)) if return_logits else None
+        logits = pk.unpack(self._lm_head(x)) if return_logits else None
         hs = tuple(pk.unpack(s) for s in states) if output_hidden_states else None
         return ModelOutput(hidden, pooled, logits, hs)
-
-    def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
-        if self.cls is None:
-            raise RuntimeError("this Geneformer has no MLM head (no cls.predictions.* keys in the checkpoint)")
-        return self.cls(h)
-
-    @torch.no_grad()
-    def cell_embeddings(self, ids, offsets=None, *, mode: str = "mean", emb_layer: int = -1,
-                        cls_token_id: int | None = None, eos_token_id: int | None = None) -> torch.Tensor:
-        """Cell embeddings ``[N, C]`` as Geneformer's ``EmbExtractor`` computes them.
-
-        Args:
-            mode: ``"mean"`` (``emb_mode="cell"``): mean over the cell's gene tokens, skipping a leading
-                ``<cls>`` and a trailing ``<eos>`` when their ids are given (V2 input); ``"cls"``
-                (V2's ``emb_mode="cls"``): the first token, which must be ``<cls>``.
-            emb_layer: Geneformer's convention: ``-1`` = the second-to-last layer (its default),
-                ``0`` = the last layer.
-        """
-        if emb_layer not in (-1, 0):
-            raise ValueError(f"emb_layer must be -1 (second-to-last layer) or 0 (last layer), got {emb_layer}")
-        ids, offsets = self._ragged(ids, offsets)
-        _, states = self.forward_ragged(ids, offsets, output_hidden_states=True)
-        h = states[self.config.num_hidden_layers + emb_layer]
-        cu, _ = cu_seqlens_from_offsets(offsets)
-        cu = cu.to(h.device)
-        starts, ends = cu[:-1].long(), cu[1:].long()
-        if bool((ends == starts).any()):
-            n = int(torch.nonzero(ends == starts)[0])
-            raise ValueError(f"cell {n} has no tokens")
-        if mode == "cls":
-            if cls_token_id is not None and bool((ids[starts] != cls_token_id).any()):
-                n = int(torch.nonzero(ids[starts] != cls_token_id)[0])
-                raise ValueError(f"mode='cls': cell {n} does not start with <cls> (id {cls_token_id}); "
-                                 "tokenize with the V2 special tokens")
-            return h[starts]
-        if mode != "mean":
-            raise ValueError(f"mode must be 'mean' or 'cls', got {mode!r}")
-        keep = torch.ones(ids.numel(), dtype=torch.bool, device=h.device)
-        if cls_token_id is not None:
-            first = starts[ids[starts] == cls_token_id]
-            keep[first] = False
-        if eos_token_id is not None:
-            last = ends - 1
-            keep[last[ids[last] == eos_token_id]] = False
-        return segment_mean(h, cu, keep)
-
-    @torch.no_grad()
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              pooling: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded convenience API: last-layer tokens ``[B, L, C]`` and the mean over real tokens
-        (``pooling="mean"``) or the first token (``"cls"``) ``[B, C]``."""
-        h = self.forward(input_ids, attention_mask).last_hidden_state
-        if pooling == "cls":
-            return h, h[:, 0]
-        if pooling != "mean":
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-        m = check_mask(attention_mask, input_ids).float()
-        return h, ((h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True)).to(h.dtype)
-

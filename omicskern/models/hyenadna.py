@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from omicskern.errors import CheckpointError
-from omicskern.models._common import ModelOutput, check_ids, check_mask, finish_load
-from omicskern.models._loading import WEIGHT_FILES, find_weights, load_strict, read_config, read_state_dict
+from omicskern.models._common import check_ids, finish_load
+from omicskern.models._loading import WEIGHT_FILES, load_strict, read_state_dict
+from omicskern.models.base import ModelOutput, OmicsModel, as_tensor
 from omicskern.modules.hyena import HyenaOperator
 
 # HyenaOperator keyword arguments a config's "layer" block may set
@@ -134,12 +134,20 @@ class LMBackbone(nn.Module):
         self.layers = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
         self.ln_f = nn.LayerNorm(c.d_model, eps=c.layer_norm_epsilon)
 
-    def forward(self, ids):
+    def forward(self, ids, keep_states: bool = False):
+        """``[B, L]`` ids -> ``[B, L, d]`` after ``ln_f`` (and, with ``keep_states``, the residual
+        stream after the embedding and after every block, the last one replaced by the output)."""
         h, res = self.embeddings(ids), None
+        states = [h] if keep_states else None
         for layer in self.layers:
             h, res = layer(h, res)
+            if keep_states:
+                states.append(h + res)
         res = h if res is None else h + res
-        return self.ln_f(res.to(self.ln_f.weight.dtype))
+        out = self.ln_f(res.to(self.ln_f.weight.dtype))
+        if keep_states:
+            states[-1] = out
+        return out, states
 
 
 class SequenceDecoder(nn.Module):
@@ -170,13 +178,25 @@ def normalize_keys(sd: dict, source: str = "checkpoint") -> dict:
     return out
 
 
-class HyenaDNA(nn.Module):
+class HyenaDNA(OmicsModel):
     """HyenaDNA backbone + tied LM head + optional sequence classification head.
 
-    ``forward(input_ids: [B, L])`` -> :class:`ModelOutput` with ``last_hidden_state: [B, L, d]``
-    (after ``ln_f``); ``return_logits=True`` adds ``logits: [B, L, padded_vocab]`` from the tied LM
-    head; ``classify(input_ids)`` gives ``[B, n_classes]`` from the head.
+    The :class:`~omicskern.models.base.OmicsModel` interface on the char tokenizer's ragged
+    :class:`~omicskern.batch.Batch`: rows are right-padded internally to the longest row, so (the
+    model being causal) real positions never see a pad token and every row gets the outputs it
+    gets alone. The padded form ``forward(input_ids: [B, L])`` keeps the reference's semantics
+    (left padding is part of the causal context): :class:`ModelOutput` with
+    ``last_hidden_state: [B, L, d]`` (after ``ln_f``); ``return_logits=True`` adds
+    ``logits: [B, L, padded_vocab]`` from the tied LM head; ``classify(input_ids)`` gives
+    ``[B, n_classes]`` from the head. ``pooling="last"`` (the last real token, which has seen the
+    whole row) is the natural summary of a causal model.
     """
+
+    model_type = "hyenadna"
+    kind = "causal_lm"
+    config_class = HyenaDNAConfig
+    ops = ("fft_conv", "conv1d")
+    weight_files = WEIGHT_FILES + ("weights.ckpt",)
 
     def __init__(self, config: HyenaDNAConfig, n_classes: int | None = None):
         super().__init__()
@@ -185,24 +205,54 @@ class HyenaDNA(nn.Module):
         self.head = SequenceDecoder(config.d_model, n_classes) if n_classes else None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, head: str | Path | None = None, dtype=None,
-                        device=None) -> "HyenaDNA":
+    def matches(cls, config: dict, folder) -> bool:
+        layer = config.get("layer")
+        if isinstance(layer, dict) and layer.get("_name_") == "hyena":
+            return True
+        archs = " ".join(config.get("architectures") or [])
+        return config.get("model_type") == "hyenadna" or "HyenaDNA" in archs
+
+    @classmethod
+    def converts_hf(cls, config: dict, sd: dict) -> bool:
+        return "d_model" in config and any(k.startswith(("hyena.backbone.", "backbone.")) for k in sd)
+
+    @classmethod
+    def from_pretrained(cls, path, *, device=None, dtype=None, head=None) -> "HyenaDNA":
         """Load ``config.json`` + weights (``model.safetensors``, ``pytorch_model.bin`` or
         Lightning ``weights.ckpt``) from ``path``; ``head`` is an optional file with
         ``head.output_transform.{weight,bias}`` (e.g. ``head.safetensors``)."""
-        path = Path(path)
-        config = HyenaDNAConfig.from_dict(read_config(path))
-        wfile = find_weights(path, WEIGHT_FILES + ("weights.ckpt",))
-        sd = normalize_keys(read_state_dict(wfile), str(wfile))
+        return super().from_pretrained(path, device=device, dtype=dtype, head=head)
+
+    @classmethod
+    def _build(cls, sd, config, *, source, device, dtype, folder, head=None) -> "HyenaDNA":
+        sd = normalize_keys(sd, source)
         if head is not None:
-            hsd = read_state_dict(head)
-            sd.update(hsd)
+            sd.update(read_state_dict(head))
         n_classes = None
         if "head.output_transform.weight" in sd:
             n_classes = sd["head.output_transform.weight"].shape[0]
         model = cls(config, n_classes=n_classes)
-        load_strict(model, sd, source=str(wfile) + (f" + {head}" if head else ""), tied=model.tied_keys())
+        load_strict(model, sd, source=source + (f" + {head}" if head else ""), tied=model.tied_keys())
         return finish_load(model, dtype, device)
+
+    @property
+    def max_length(self) -> int:
+        """The filter length ``l_max`` (HyenaDNA's tokenizer ``model_max_length``)."""
+        return self.config.l_max
+
+    def _tokenizer(self, folder, **kwargs):
+        from omicskern.tokenizers import CharTokenizer
+
+        # HyenaDNA's CharacterTokenizer: [CLS] bases [SEP], left padding, model_max_length = l_max
+        kwargs.setdefault("padding_side", "left")
+        kwargs.setdefault("max_length", self.config.l_max)
+        return CharTokenizer("dna", **kwargs)
+
+    def _num_states(self) -> int:
+        return self.config.n_layer + 1
+
+    def _vocab_size(self) -> int:
+        return self.config.padded_vocab
 
     def tied_keys(self) -> dict:
         """The implicit filter's three Sin slots share one ``freq``; the ``-hf`` safetensors keep only
@@ -216,23 +266,43 @@ class HyenaDNA(nn.Module):
                     f"backbone.layers.{i}.mixer.filter_fn.implicit_filter.{slots[0]}.freq"
         return tied
 
-    def set_backend(self, fft_conv: str | None = None, conv1d: str | None = None) -> "HyenaDNA":
-        """Backends of the long (``fft_conv``) and short (``causal_conv1d``) convolutions."""
+    def _set_backends(self, ops: dict) -> None:
         for layer in self.backbone.layers:
-            layer.mixer.fft_backend = fft_conv
-            layer.mixer.conv_backend = conv1d
-        return self
+            layer.mixer.fft_backend = ops["fft_conv"]
+            layer.mixer.conv_backend = ops["conv1d"]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                return_logits: bool = False) -> ModelOutput:
-        """input_ids: ``[B, L]``, L <= l_max. ``attention_mask`` is accepted for API symmetry and
-        not used: the reference model has none (padding is part of the causal context)."""
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                       return_logits: bool = False) -> ModelOutput:
+        """input_ids: ``[B, L]``, L <= l_max, run as given (the reference: padding is part of the
+        causal context). HyenaDNA has no attention mask: a mask with padding raises (pass the
+        tokenizer's ragged Batch instead, whose rows never see padding); an all-ones mask is fine."""
         check_ids(input_ids, self.config.padded_vocab)
+        if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
+            raise ValueError("HyenaDNA takes no attention_mask: it is causal and cannot ignore padding. Pass the "
+                             "tokenizer's ragged Batch (encode_batch(..., padding=False)), which runs without "
+                             "padding in the context, or input_ids alone for the reference's padded semantics")
         if input_ids.shape[1] > self.config.l_max:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds this model's l_max={self.config.l_max}")
-        h = self.backbone(input_ids)
+        h, _ = self.backbone(input_ids)
         logits = self.lm_logits(h) if return_logits else None
         return ModelOutput(h, None, logits)
+
+    def _encode(self, ids, cu, max_len, keep_states):
+        # Right padding inside the batch: a causal model's real positions never see what follows
+        # them, so each row's outputs are the ones it gets alone.
+        cu64 = cu.long()
+        lengths = cu64[1:] - cu64[:-1]
+        n = lengths.numel()
+        rows = torch.repeat_interleave(torch.arange(n, device=ids.device), lengths, output_size=ids.numel())
+        cols = torch.arange(ids.numel(), device=ids.device) - cu64[:-1][rows]
+        pad = torch.full((n, max_len), 4, dtype=ids.dtype, device=ids.device)  # [PAD]
+        pad[rows, cols] = ids
+        h, states = self.backbone(pad, keep_states=keep_states)
+        take = lambda x: x[rows, cols]  # noqa: E731
+        return take(h), (None if states is None else [take(s) for s in states])
+
+    def _lm_head(self, h):
+        return self.lm_logits(h)
 
     def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Tied LM head (no bias): ``h @ word_embeddings.T`` -> ``[..., padded_vocab]``."""
@@ -242,23 +312,4 @@ class HyenaDNA(nn.Module):
         """Sequence classification logits ``[B, n_classes]`` (head needed)."""
         if self.head is None:
             raise RuntimeError("this HyenaDNA has no classification head (pass head=... to from_pretrained)")
-        return self.head(self.forward(input_ids).last_hidden_state)
-
-    @torch.no_grad()
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              pooling: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token ``[B, L, d]`` and pooled ``[B, d]`` embeddings.
-
-        pooling: ``"mean"`` over the tokens where ``attention_mask`` is 1 (all tokens without a
-        mask), or ``"last"`` (the last position: with left padding a real token that has seen the
-        whole sequence, the natural summary of a causal model).
-        """
-        h = self.forward(input_ids).last_hidden_state
-        if pooling == "mean":
-            m = check_mask(attention_mask, input_ids).float()
-            pooled = ((h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True)).to(h.dtype)
-        elif pooling == "last":
-            pooled = h[:, -1]
-        else:
-            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
-        return h, pooled
+        return self.head(self.forward_padded(as_tensor(input_ids, device=self.device)).last_hidden_state)

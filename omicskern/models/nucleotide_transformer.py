@@ -21,14 +21,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from omicskern.errors import CheckpointError
-from omicskern.models._common import ModelOutput, _ragged_inputs, check_ids, check_mask, finish_load
-from omicskern.models._loading import load_strict, read_config, read_state_dict
+from omicskern.models._common import check_ids, check_mask, finish_load
+from omicskern.models._loading import load_strict
+from omicskern.models.base import ModelOutput, OmicsModel, find_file
 from omicskern.modules.bert import EsmLayer, set_attention_backend
 from omicskern.modules.embeddings import EsmEmbeddings
 from omicskern.modules.mlp import gelu_erf, init_linear_
@@ -107,14 +107,22 @@ class LMHead(nn.Module):
         return self.decoder(self.layer_norm(gelu_erf(self.dense(h)))) + self.bias
 
 
-class NucleotideTransformer(nn.Module):
+class NucleotideTransformer(OmicsModel):
     """NT v1/v2 encoder + LM head with the released ``EsmForMaskedLM`` key names.
 
+    The :class:`~omicskern.models.base.OmicsModel` interface on the k-mer tokenizer's ragged
+    :class:`~omicskern.batch.Batch` (``mean`` pooling averages every token, ``<cls>`` included, as
+    InstaDeep's examples do with the attention mask). The padded form
     ``forward(input_ids: [B, L], attention_mask: [B, L] | None)`` -> :class:`ModelOutput` with
     ``last_hidden_state: [B, L, C]`` (after ``emb_layer_norm_after``; 0 at padding), ``logits: [B, L, V]``
     with ``return_logits=True``, and ``hidden_states`` (embeddings, every layer, last one normed:
     the reference's ``output_hidden_states`` tuple) with ``output_hidden_states=True``.
     """
+
+    model_type = "nucleotide_transformer"
+    kind = "masked_lm"
+    config_class = NucleotideTransformerConfig
+    ops = ("attention", "rotary")
 
     def __init__(self, config: NucleotideTransformerConfig, *, lm_head: bool = True):
         super().__init__()
@@ -126,17 +134,20 @@ class NucleotideTransformer(nn.Module):
             self.lm_head.decoder.weight = self.esm.embeddings.word_embeddings.weight
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype=None, device=None) -> "NucleotideTransformer":
-        """Load ``config.json`` + ``model.safetensors``/``pytorch_model.bin`` (``EsmForMaskedLM`` or
-        bare ``EsmModel`` keys). Unused keys of the release (contact head, NT-v2's unused position
-        table, a pooler) are skipped; anything else that does not fit raises :class:`CheckpointError`."""
-        path = Path(path)
-        config = NucleotideTransformerConfig.from_dict(read_config(path))
-        return cls.from_state_dict(config, read_state_dict(path), source=str(path), dtype=dtype, device=device)
+    def matches(cls, config: dict, folder) -> bool:
+        archs = " ".join(config.get("architectures") or [])
+        remote = " ".join(map(str, (config.get("auto_map") or {}).values()))
+        return config.get("model_type") == "esm" or "Esm" in archs or "modeling_esm" in remote
 
     @classmethod
-    def from_state_dict(cls, config: NucleotideTransformerConfig, sd: dict, *, source: str = "state_dict",
-                        dtype=None, device=None) -> "NucleotideTransformer":
+    def converts_hf(cls, config: dict, sd: dict) -> bool:
+        return config.get("model_type") == "esm" or "add_bias_fnn" in config
+
+    @classmethod
+    def _build(cls, sd, config, *, source, device, dtype, folder) -> "NucleotideTransformer":
+        """``EsmForMaskedLM`` or bare ``EsmModel`` keys. Unused keys of the release (contact head,
+        NT-v2's unused position table, a pooler) are skipped; anything else that does not fit raises
+        :class:`CheckpointError`."""
         if not any(k.startswith("esm.") for k in sd):
             sd = {("esm." + k if k.split(".")[0] in ("embeddings", "encoder", "contact_head", "pooler",
                                                      "rotary_embeddings") else k): v for k, v in sd.items()}
@@ -163,9 +174,34 @@ class NucleotideTransformer(nn.Module):
                     optional=[r".*rotary_embeddings\.inv_freq"])
         return finish_load(model, dtype, device)
 
-    def set_backend(self, attention: str | None = None, rotary: str | None = None) -> "NucleotideTransformer":
-        set_attention_backend(self, attention, rotary)
-        return self
+    @property
+    def is_v2(self) -> bool:
+        return self.config.position_embedding_type == "rotary"
+
+    @property
+    def max_length(self) -> int:
+        # v1 numbers positions from pad_token_id + 1 (ESM), so the table holds that many fewer tokens
+        c = self.config
+        return c.max_position_embeddings if self.is_v2 else c.max_position_embeddings - c.pad_token_id - 1
+
+    def _tokenizer(self, folder, *, vocab_file=None, **kwargs):
+        from omicskern.tokenizers import KmerTokenizer
+
+        path = vocab_file or find_file(folder, ("vocab.txt",))
+        if path is not None:
+            return KmerTokenizer.from_vocab_file(path, **kwargs)
+        if not self.is_v2:
+            # NT v1 and v2 checkpoints number the 6-mers differently (ACGTACGN: v1 [3, 726, 4103, 4104],
+            # v2 [3, 728, 4105, 4106]): never guess v1's layout
+            where = f"in {folder}" if folder is not None else "(the model was not loaded from a folder)"
+            raise FileNotFoundError(
+                f"NucleotideTransformer.get_tokenizer: no vocab.txt {where}. NT v1 checkpoints number their "
+                "6-mers differently from v2, so the checkpoint's own vocab.txt must decide: copy it from the "
+                "checkpoint repository into the folder or pass get_tokenizer(vocab_file=...)")
+        return KmerTokenizer(k=6, mode="nt", **kwargs)  # the released NT-v2 vocabulary
+
+    def _set_backends(self, ops: dict) -> None:
+        set_attention_backend(self, ops["attention"], ops["rotary"])
 
     def _positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         # ESM's create_position_ids_from_input_ids: non-pad tokens count from pad_token_id + 1
@@ -173,15 +209,7 @@ class NucleotideTransformer(nn.Module):
         ne = (input_ids != pad).long()
         return torch.cumsum(ne, dim=1) * ne + pad
 
-    def forward_ragged(self, ids, offsets=None) -> torch.Tensor:
-        """Encoder on a ragged batch (the k-mer tokenizer's output, no padding at all).
-
-        ids: int ``[T]`` and offsets ``[N+1]`` (tensors or numpy arrays), or a tokenizer
-        ``RaggedBatch`` as ``ids`` alone -> ``[T, C]`` (after ``emb_layer_norm_after``).
-        """
-        ids, cu, max_len = _ragged_inputs(ids, offsets, self.esm.embeddings.word_embeddings.weight.device)
-        check_ids(ids, self.config.vocab_size, "ids", dims=1)
-        ids = ids.long()
+    def _encode(self, ids, cu, max_len, keep_states):
         pos = None
         if self.esm.embeddings.position_embeddings is not None:
             # ESM numbering: non-pad tokens count from pad_token_id + 1 within each sequence
@@ -192,12 +220,23 @@ class NucleotideTransformer(nn.Module):
             starts = torch.nn.functional.pad(csum, (1, 0))[cu[:-1].long()]
             pos = (csum - starts[seg]) * ne + pad
         x = self.esm.embeddings(ids, positions=pos, row=row_ids(cu, ids.numel()), n_rows=cu.numel() - 1)
+        states = [x] if keep_states else None
         for layer in self.esm.encoder.layer:
             x = layer(x, cu, max_len)
-        return self.esm.encoder.emb_layer_norm_after(x)
+            if keep_states:
+                states.append(x)
+        x = self.esm.encoder.emb_layer_norm_after(x)
+        if keep_states:
+            states[-1] = x
+        return x, states
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                return_logits: bool = False, output_hidden_states: bool = False) -> ModelOutput:
+    def _lm_head(self, h):
+        if self.lm_head is None:
+            raise RuntimeError("this NucleotideTransformer has no LM head (no lm_head.* keys in the checkpoint)")
+        return self.lm_head(h)
+
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                       return_logits: bool = False, output_hidden_states: bool = False) -> ModelOutput:
         check_ids(input_ids, self.config.vocab_size)
         mask = check_mask(attention_mask, input_ids)
         pk = packing_from_mask(mask)
@@ -212,27 +251,6 @@ class NucleotideTransformer(nn.Module):
         states[-1] = x
         logits = None
         if return_logits:
-            if self.lm_head is None:
-                raise RuntimeError("this NucleotideTransformer has no LM head (no lm_head.* keys in the checkpoint)")
-            logits = pk.unpack(self.lm_head(x))
+            logits = pk.unpack(self._lm_head(x))
         hs = tuple(pk.unpack(s) for s in states) if output_hidden_states else None
         return ModelOutput(pk.unpack(x), None, logits, hs)
-
-    @torch.no_grad()
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              pooling: str = "mean", layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token ``[B, L, C]`` and pooled ``[B, C]`` embeddings from ``hidden_states[layer]``.
-
-        pooling: ``"mean"`` over the real tokens (``<cls>`` included: InstaDeep's examples average
-            ``hidden_states[-1]`` with the attention mask), or ``"cls"``.
-        """
-        out = self.forward(input_ids, attention_mask, output_hidden_states=layer != -1)
-        h = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        if pooling == "mean":
-            m = check_mask(attention_mask, input_ids).float()
-            pooled = ((h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True)).to(h.dtype)
-        elif pooling == "cls":
-            pooled = h[:, 0]
-        else:
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
-        return h, pooled

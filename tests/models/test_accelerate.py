@@ -8,7 +8,7 @@ import torch
 import omicskern
 import omicskern.ops.attention as attn_mod
 from omicskern.models import Geneformer, NucleotideTransformer, from_hf
-from omicskern.models.accelerate import _state, restore
+from omicskern.models.accelerate import restore
 from tests.models._util import backends_on_cpu
 
 # fp32, 2 layers; observed differences ~1e-6 (reference/triton vs transformers' eager softmax)
@@ -121,9 +121,9 @@ def test_custom_4d_mask_falls_back():
     with torch.no_grad():
         ref = model(input_ids=ids, attention_mask=m4).last_hidden_state
         omicskern.accelerate(model)
-        before = _state["fallbacks"]
         got = model(input_ids=ids, attention_mask=m4).last_hidden_state
-    assert _state["fallbacks"] == before + 2
+    fallbacks = [getattr(m, "_omicskern_fallbacks", 0) for m in model.modules()]
+    assert sum(fallbacks) == 2 and max(fallbacks) == 1  # each of the 2 layers fell back once
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=RTOL)
 
 
@@ -168,3 +168,13 @@ def test_from_hf_rejects_unknown():
         from_hf(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=16)))
     with pytest.raises(TypeError, match="has no .config"):
         from_hf(torch.nn.Linear(2, 2))
+
+
+def test_backend_choice_lives_on_the_model():
+    """Two accelerated models keep their own backends (no process-global state)."""
+    a, b = _bert(masked_lm=False), _bert(masked_lm=False)
+    omicskern.accelerate(a, backend="reference")
+    omicskern.accelerate(b, backend="sdpa")
+    got = {type(m).__name__: m._omicskern_backend for m in a.modules() if hasattr(m, "_omicskern_backend")}
+    assert set(got.values()) == {"reference"}
+    assert {m._omicskern_backend for m in b.modules() if hasattr(m, "_omicskern_backend")} == {"sdpa"}

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from omicskern.batch import Batch, PaddedBatch
+
 from omicskern.errors import CheckpointError
 from omicskern.models import DNABERT2
 from omicskern.models.dnabert2 import DNABERT2Config, dnabert2_padded_reference
@@ -32,12 +34,12 @@ def test_fixture_parity(model, fix, backend):
         ids, am, rows = ids[1:], am[1:], slice(1, 3)
     else:
         rows = slice(0, 3)
-    model.set_backend(backend)
+    model.set_backend(attention=backend)
     try:
         with torch.no_grad():
             o = model(ids, am, token_type_ids=torch.from_numpy(inp["token_type_ids"])[rows], return_logits=True)
     finally:
-        model.set_backend(None)
+        model.set_backend(attention=None)
     h = o.last_hidden_state.numpy()
     np.testing.assert_allclose(h, out["last_hidden_state"][rows], atol=5e-5, rtol=RTOL)
     assert (h[~am.bool().numpy()] == 0).all(), "padded positions must be exactly 0"
@@ -129,7 +131,7 @@ def test_gradients_match_padded_reference():
     m.zero_grad()
     for backend in ("reference", "sdpa"):
         m.zero_grad()
-        m.set_backend(backend)
+        m.set_backend(attention=backend)
         (m(ids, am).last_hidden_state ** 2).sum().backward()
         for n, p in m.named_parameters():
             if n in g_ref:
@@ -139,14 +141,22 @@ def test_gradients_match_padded_reference():
 def test_embed_pooling(model, fix):
     _, inp, _ = fix
     ids, am = torch.from_numpy(inp["input_ids"]), torch.from_numpy(inp["attention_mask"])
-    tokens, pooled = model.embed(ids, am)
+    batch = PaddedBatch(inp["input_ids"].astype(np.int32), inp["attention_mask"].astype(bool)).to_ragged()
+    out = model.embed(batch)
+    tokens, pooled = out
+    padded = model(ids, am).last_hidden_state
     lens = am.sum(1)
     for i in range(3):
-        torch.testing.assert_close(pooled[i], tokens[i, : lens[i]].mean(0), atol=1e-6, rtol=1e-5)
-    _, cls = model.embed(ids, am, pooling="cls")
-    torch.testing.assert_close(cls, tokens[:, 0])
+        torch.testing.assert_close(out.row(i), padded[i, : lens[i]], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(pooled[i], padded[i, : lens[i]].mean(0), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model.embed(batch, pooling="max").pooled[i], padded[i, : lens[i]].amax(0))
+        torch.testing.assert_close(model.embed(batch, pooling="last").pooled[i], padded[i, lens[i] - 1])
+    torch.testing.assert_close(model.embed(batch, pooling="cls").pooled, padded[:, 0])
+    torch.testing.assert_close(model.embed(batch, pooling="pooler").pooled, model(ids, am).pooler_output)
+    # the padded form gives the same rows
+    torch.testing.assert_close(model.embed(ids, attention_mask=am).pooled, pooled)
     with pytest.raises(ValueError, match="pooling"):
-        model.embed(ids, am, pooling="max")
+        model.embed(batch, pooling="median")
 
 
 def test_automodel_keys_load(fix, tmp_path):
@@ -252,10 +262,16 @@ def test_forward_ragged(model, fix):
     _, inp, out = fix
     lens = inp["lengths"]
     ids = np.concatenate([inp["input_ids"][i, : lens[i]] for i in range(3)]).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lens)])
+    cu = np.concatenate([[0], np.cumsum(lens)])
     with torch.no_grad():
-        h = model.forward_ragged(ids, offsets)
+        o = model(Batch(ids, cu), return_logits=True)
     ref = np.concatenate([out["last_hidden_state"][i, : lens[i]] for i in range(3)])
-    np.testing.assert_allclose(h.numpy(), ref, atol=5e-5, rtol=RTOL)
-    with pytest.raises(ValueError, match="offsets end at"):
-        model.forward_ragged(ids[:-1], offsets)
+    np.testing.assert_allclose(o.last_hidden_state.numpy(), ref, atol=5e-5, rtol=RTOL)
+    assert o.logits.shape == (ids.size, model.config.vocab_size)
+    torch.testing.assert_close(model.token_logits(Batch(ids, cu)), o.logits)
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0 and end"):
+        Batch(ids[:-1], cu)
+    with pytest.raises(ValueError, match=r"input_ids\[\d+\] = 5000 \(row 0, position 3\) is outside the vocabulary"):
+        bad = ids.copy()
+        bad[3] = 5000
+        model(Batch(bad, cu))

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from omicskern.batch import Batch
 from omicskern.errors import CheckpointError
 from omicskern.models import Geneformer
 from tests.models._util import backends_on_cpu, save_safetensors
 
 VOCAB, PAD, CLS, EOS = 60, 0, 2, 3
+DATA = Path(__file__).resolve().parents[1] / "data"
 # fp32 through 3 post-LN layers; observed max abs error ~1e-6
 ATOL, RTOL = 2e-5, 1e-4
 
@@ -41,7 +47,7 @@ def _cells(lengths, seed=1, v2=True):
         cells.append(torch.cat([torch.tensor([CLS]), genes, torch.tensor([EOS])]) if v2 else genes)
     ids = torch.cat(cells)
     offsets = np.concatenate([[0], np.cumsum([len(c) for c in cells])])
-    return ids, offsets, cells
+    return Batch(ids.numpy().astype(np.int32), offsets), offsets, cells
 
 
 def _padded(cells):
@@ -67,14 +73,14 @@ def test_ragged_matches_bert_for_masked_lm(pair, backend):
     lengths = [37, 5, 1 + 2, 19] if backend != "triton" else [17, 5]
     ids, offsets, cells = _cells(lengths)
     pids, am = _padded(cells)
-    m.set_backend(backend)
+    m.set_backend(attention=backend)
     try:
         with torch.no_grad():
             ref = hf(input_ids=pids, attention_mask=am, output_hidden_states=True)
-            h, states = m.forward_ragged(ids, offsets, output_hidden_states=True)
-            logits = m.mlm_logits(h)
+            o = m(ids, output_hidden_states=True, return_logits=True)
+            states, logits = o.hidden_states, o.logits
     finally:
-        m.set_backend(None)
+        m.set_backend(attention=None)
     real = am.bool()
     assert len(states) == len(ref.hidden_states)
     for s, r in zip(states, ref.hidden_states):
@@ -82,17 +88,58 @@ def test_ragged_matches_bert_for_masked_lm(pair, backend):
     torch.testing.assert_close(logits, ref.logits[real], atol=ATOL, rtol=RTOL)
 
 
-def test_tokenizer_ragged_batch(pair):
-    # the rank-value tokenizer's RaggedBatch (numpy int32 ids, int64 offsets) goes in as it is
-    from types import SimpleNamespace
+def _geneformer_folder(tmp_path, v2=True):
+    """A Geneformer checkpoint folder as released: BERT weights next to its token and median
+    dictionaries, here over the 56 genes seen in most cells of the real PBMC file."""
+    import anndata as ad
 
-    _, m = pair
-    ids, offsets, _ = _cells([9, 14])
-    batch = SimpleNamespace(ids=ids.numpy().astype(np.int32), offsets=offsets.astype(np.int64))
-    torch.testing.assert_close(m.forward_ragged(batch), m.forward_ragged(ids, offsets))
-    torch.testing.assert_close(m.cell_embeddings(batch), m.cell_embeddings(ids, offsets))
-    with pytest.raises(TypeError, match="RaggedBatch"):
-        m.forward_ragged(ids)
+    hf = _hf_bert(tmp_path)
+    adata = ad.read_h5ad(DATA / "sc" / "pbmc_10x_v3_small.h5ad")
+    X = adata.X.tocsc() if hasattr(adata.X, "tocsc") else adata.X
+    seen = np.asarray((X > 0).sum(0)).ravel()
+    genes = adata.var["ensembl_id"].to_numpy()[np.argsort(-seen, kind="stable")[: VOCAB - 4]]
+    tokens = {"<pad>": PAD, "<mask>": 1, **({"<cls>": CLS, "<eos>": EOS} if v2 else {})}
+    tokens.update({g: 4 + i for i, g in enumerate(genes)})
+    with open(tmp_path / "token_dictionary_test.pkl", "wb") as f:
+        pickle.dump(tokens, f)
+    with open(tmp_path / "gene_median_dictionary_test.pkl", "wb") as f:
+        pickle.dump({g: 1.0 + 0.5 * (i % 7) for i, g in enumerate(genes)}, f)
+    return hf, adata
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["V2", "V1"])
+def test_real_tokenizer_output_goes_in(tmp_path, v2):
+    """omicskern.load -> get_tokenizer() -> tokenize(real h5ad) -> embed, against transformers'
+    BertForMaskedLM on the same cells computed as Geneformer's EmbExtractor does."""
+    import omicskern
+
+    hf, adata = _geneformer_folder(tmp_path, v2=v2)
+    m = omicskern.load(tmp_path)
+    assert isinstance(m, Geneformer) and m.kind == "cell"
+    tok = m.get_tokenizer()
+    batch = tok.tokenize(adata)
+    assert isinstance(batch, Batch) and len(batch) > 1000
+    batch = batch[:40]  # keep the transformers reference quick
+    cells = [torch.from_numpy(r.astype(np.int64)) for r in batch]
+    assert all(c[0] == CLS and c[-1] == EOS for c in cells) == v2
+    pids, am = _padded(cells)
+    with torch.no_grad():
+        hs = hf(input_ids=pids, attention_mask=am, output_hidden_states=True).hidden_states
+    lens = am.sum(1)
+    for layer, emb_layer in ((-2, -1), (-1, 0)):  # EmbExtractor's emb_layer -1 / 0
+        h = hs[3 + emb_layer]
+        cut = (1, 1) if v2 else (0, 0)
+        ref = torch.stack([h[i, cut[0]: lens[i] - cut[1]].mean(0) for i in range(len(cells))])
+        got = m.embed(batch, pooling="mean", layer=layer)
+        torch.testing.assert_close(got.pooled, ref, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(got.tokens, h[am.bool()], atol=ATOL, rtol=RTOL)
+    if v2:
+        torch.testing.assert_close(m.embed(batch, pooling="cls").pooled, hs[2][:, 0], atol=ATOL, rtol=RTOL)
+    else:
+        with pytest.raises(ValueError, match="does not start with <cls>") if m.cls_token_id is not None \
+                else contextlib.nullcontext():
+            m.embed(batch, pooling="cls")
+    assert m.embed(batch).layer == -2  # Geneformer's default: the second-to-last layer
 
 
 def test_padded_api_matches(pair):
@@ -128,8 +175,11 @@ def test_cell_embeddings_as_emb_extractor(pair, mode, emb_layer, v2):
         ref = torch.stack([h[i, 1: lens[i] - 1].mean(0) for i in range(len(cells))])
     else:
         ref = torch.stack([h[i, : lens[i]].mean(0) for i in range(len(cells))])
-    got = m.cell_embeddings(ids, offsets, mode=mode, emb_layer=emb_layer,
-                            cls_token_id=CLS if v2 else None, eos_token_id=EOS if v2 else None)
+    m.cls_token_id, m.eos_token_id = (CLS, EOS) if v2 else (None, None)
+    try:
+        got = m.embed(ids, pooling=mode, layer=emb_layer - 1).pooled  # EmbExtractor's emb_layer -1 = layer -2
+    finally:
+        m.cls_token_id = m.eos_token_id = None
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=RTOL)
 
 
@@ -154,8 +204,8 @@ def test_gradients_backends_agree(tmp_path):
     grads = {}
     for be in ("reference", "sdpa"):
         m.zero_grad()
-        m.set_backend(be)
-        (m.forward_ragged(ids, offsets) ** 2).sum().backward()
+        m.set_backend(attention=be)
+        (m(ids).last_hidden_state ** 2).sum().backward()
         grads[be] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
     for n, g in grads["reference"].items():
         torch.testing.assert_close(grads["sdpa"][n], g, atol=1e-9, rtol=1e-7, msg=f"grad {n}")
@@ -164,16 +214,23 @@ def test_gradients_backends_agree(tmp_path):
 def test_errors(pair, tmp_path):
     hf, m = pair
     ids, offsets, _ = _cells([10, 5])
-    with pytest.raises(ValueError, match="offsets end at 15 but ids holds 14"):
-        m.forward_ragged(ids[:-1], offsets)
+    flat = ids.input_ids
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0 and end at len"):
+        Batch(flat[:-1], offsets)
     with pytest.raises(ValueError, match="must not decrease"):
-        m.forward_ragged(ids, [0, 10, 5, 15])
-    with pytest.raises(ValueError, match="more than max_position_embeddings=96"):
-        m.forward_ragged(torch.full((100,), 5), [0, 100])
-    with pytest.raises(ValueError, match="does not start with <cls>"):
-        m.cell_embeddings(ids, offsets, mode="cls", cls_token_id=EOS)
-    with pytest.raises(ValueError, match="has no tokens"):
-        m.cell_embeddings(ids, [0, 15, 15])
+        Batch(flat, [0, 10, 5, 15])
+    with pytest.raises(ValueError, match="row 0 has 100 tokens, more than this model's max_length=96"):
+        m(Batch(np.full(100, 5, np.int32), [0, 100]))
+    m.cls_token_id = EOS
+    try:
+        with pytest.raises(ValueError, match="does not start with <cls>"):
+            m.embed(ids, pooling="cls")
+    finally:
+        m.cls_token_id = None
+    with pytest.raises(ValueError, match="no tokens"):
+        m.embed(Batch(flat, [0, 15, 15]))
+    with pytest.raises(FileNotFoundError, match=r"no token dictionary \(token_dictionary\*\.pkl\)"):
+        m.get_tokenizer()
     sd = {k: v for k, v in hf.state_dict().items() if "layer.2.output.dense" not in k}
     save_safetensors(sd, tmp_path / "trunc")
     (tmp_path / "trunc" / "config.json").write_text(hf.config.to_json_string())
@@ -188,7 +245,7 @@ def test_gpu_bf16_parity(pair):
     pids, am = _padded(cells)
     with torch.no_grad():
         ref = hf(input_ids=pids, attention_mask=am).logits[am.bool()]
-        got = m.to("cuda", torch.bfloat16).mlm_logits(m.forward_ragged(ids.cuda(), offsets)).float().cpu()
+        got = m.to("cuda", torch.bfloat16).token_logits(ids).float().cpu()
     m.to("cpu", torch.float32)
     torch.testing.assert_close(got, ref, atol=0.1, rtol=0.05)
 
@@ -217,7 +274,7 @@ def test_gpu_bf16_released_size():
         ref32 = hf(input_ids=pids, attention_mask=am, output_hidden_states=True).hidden_states[-1][real]
         hf16 = hf.to(torch.bfloat16)
         ref16 = hf16(input_ids=pids, attention_mask=am, output_hidden_states=True).hidden_states[-1][real].float()
-        got = from_hf(hf16).forward_ragged(ids, offsets).float()
+        got = from_hf(hf16)(Batch(ids, offsets)).last_hidden_state.float()
     err_ref = (ref16 - ref32).abs().max().item()
     err = (got - ref32).abs().max().item()
     assert err <= 2 * err_ref + 1e-2, (err, err_ref)

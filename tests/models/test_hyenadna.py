@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from omicskern.batch import PaddedBatch
+
 from omicskern.errors import BackendUnavailableError, CheckpointError
 from omicskern.models import HyenaDNA
 from omicskern.models.hyenadna import HyenaDNAConfig
@@ -47,7 +49,7 @@ def test_fixture_parity(model, fix, fft_backend, conv_backend):
     except BackendUnavailableError as e:  # a backend this checkout does not have (yet)
         pytest.skip(str(e))
     finally:
-        model.set_backend()
+        model.set_backend(fft_conv=None, conv1d=None)
     np.testing.assert_allclose(o.last_hidden_state.numpy(), out["last_hidden_state"], atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(o.logits.numpy(), out["lm_logits"], atol=ATOL, rtol=RTOL)
     np.testing.assert_allclose(head.numpy(), out["head_logits"], atol=ATOL, rtol=RTOL)
@@ -110,14 +112,26 @@ def test_hf_config_fields():
 
 
 def test_embed(model, fix):
-    _, inp, _ = fix
-    ids = torch.from_numpy(inp["input_ids"])
-    am = torch.from_numpy(inp["attention_mask"])
-    h, pooled = model.embed(ids, am)
-    for i in range(3):
-        torch.testing.assert_close(pooled[i], h[i][am[i].bool()].mean(0), atol=1e-6, rtol=1e-5)
-    _, last = model.embed(ids, pooling="last")
-    torch.testing.assert_close(last, h[:, -1])
+    """The ragged path right-pads internally: each row gets what it gets alone (the fixture's
+    unpadded runs), whatever it is batched with, unlike the reference's left-padded batch."""
+    _, inp, out = fix
+    batch = PaddedBatch(inp["input_ids"].astype(np.int32), inp["attention_mask"].astype(bool), side="left").to_ragged()
+    e = model.embed(batch)
+    for i in range(3):  # row 0 fills the padded length, so its padded run is its run alone
+        ref = out[f"last_hidden_state_unpadded_{i}"] if i else out["last_hidden_state"][0]
+        np.testing.assert_allclose(e.row(i).numpy(), ref, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(e.pooled[i], e.row(i).mean(0), atol=1e-6, rtol=1e-5)
+    last = model.embed(batch, pooling="last").pooled
+    torch.testing.assert_close(last[2], torch.from_numpy(out["last_hidden_state_unpadded_2"][-1]), atol=ATOL, rtol=RTOL)
+    # batch invariance: row 2 alone, and in another batch order
+    alone = model.embed(batch[2:3], pooling="last").pooled
+    torch.testing.assert_close(alone[0], last[2], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(model.token_logits(batch[1:2]).numpy(),
+                               out["last_hidden_state_unpadded_1"] @ model.backbone.embeddings.word_embeddings.weight.detach().numpy().T,
+                               atol=1e-3, rtol=1e-4)
+    # a padded mask can't be honoured by a causal model without a mask: refused, not ignored
+    with pytest.raises(ValueError, match="takes no attention_mask"):
+        model(torch.from_numpy(inp["input_ids"]), torch.from_numpy(inp["attention_mask"]))
 
 
 @pytest.mark.parametrize("dtype,atol", [
@@ -144,7 +158,7 @@ def test_gradients_backends_agree(fix):
         m.set_backend(fft_conv=be, conv1d=be)
         (m(ids).last_hidden_state ** 2).sum().backward()
         grads[be] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-    m.set_backend()
+    m.set_backend(fft_conv=None, conv1d=None)
     assert grads["torch"].keys() == grads["reference"].keys() and len(grads["torch"]) > 20
     for n, g in grads["reference"].items():
         torch.testing.assert_close(grads["torch"][n], g, atol=1e-9, rtol=1e-7, msg=f"grad {n}")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from omicskern.batch import Batch
+
 from omicskern.errors import CheckpointError
 from omicskern.models import NucleotideTransformer
 from tests.models._util import fixture_weights, backends_on_cpu, save_safetensors
@@ -29,12 +31,12 @@ def test_v2_fixture_parity(model, fix, backend):
     ids, am = torch.from_numpy(inp["input_ids"]), torch.from_numpy(inp["attention_mask"])
     rows = slice(1, 3) if backend == "triton" else slice(0, 3)  # interpreter: the shorter rows
     ids, am = ids[rows], am[rows]
-    model.set_backend(backend, rotary="triton" if backend == "triton" else "reference")
+    model.set_backend(attention=backend, rotary="triton" if backend == "triton" else "reference")
     try:
         with torch.no_grad():
             o = model(ids, am, return_logits=True, output_hidden_states=True)
     finally:
-        model.set_backend()
+        model.set_backend(attention=None, rotary=None)
     real = am.bool().numpy()
     h = o.last_hidden_state.numpy()
     np.testing.assert_allclose(h[real], out["last_hidden_state"][rows][real], atol=ATOL, rtol=RTOL)
@@ -141,10 +143,17 @@ def test_v1_embed_and_bad_input(tmp_path):
     _hf_esm(tmp_path)
     m = NucleotideTransformer.from_pretrained(tmp_path)
     ids, am = _esm_batch([30, 9])
-    h, pooled = m.embed(ids, am)
-    torch.testing.assert_close(pooled[1], h[1, :9].mean(0), atol=1e-6, rtol=1e-5)
+    out = m.embed(ids, attention_mask=am)
+    h = m(ids, am).last_hidden_state
+    torch.testing.assert_close(out.pooled[1], h[1, :9].mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.row(1), h[1, :9], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="past max_position_embeddings=80"):
         m(torch.full((1, 90), 5))
+    with pytest.raises(ValueError, match=f"row 0 has 90 tokens, more than this model's max_length={m.max_length}"):
+        m(Batch(np.full(90, 5, np.int32), np.array([0, 90])))
+    # v1 numbers its 6-mers differently from v2: no vocab.txt, no guessed tokenizer
+    with pytest.raises(FileNotFoundError, match="vocab.txt"):
+        m.get_tokenizer()
 
 
 @pytest.mark.gpu
@@ -192,9 +201,9 @@ def test_forward_ragged_v2(model, fix):
     _, inp, out = fix
     lens = inp["lengths"]
     ids = np.concatenate([inp["input_ids"][i, : lens[i]] for i in range(3)])
-    offsets = np.concatenate([[0], np.cumsum(lens)])
+    cu = np.concatenate([[0], np.cumsum(lens)])
     with torch.no_grad():
-        h = model.forward_ragged(ids, offsets)
+        h = model(Batch(ids, cu)).last_hidden_state
     ref = np.concatenate([out["last_hidden_state"][i, : lens[i]] for i in range(3)])
     np.testing.assert_allclose(h.numpy(), ref, atol=ATOL, rtol=RTOL)
 
@@ -206,5 +215,5 @@ def test_forward_ragged_v1_positions(tmp_path):
     flat = ids[am.bool()]
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=am, output_hidden_states=True).hidden_states[-1][am.bool()]
-        got = m.forward_ragged(flat, [0, 25, 32])
+        got = m(Batch(flat, [0, 25, 32])).last_hidden_state
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
