@@ -136,6 +136,9 @@ class Geneformer(OmicsModel):
     ``emb_layer=-1`` (the second-to-last layer; ``layer=-1`` is its ``emb_layer=0``), ``mean``
     (its ``emb_mode="cell"``) averages the gene tokens, leaving out ``<cls>``/``<eos>`` when the
     token dictionary has them, and ``cls`` (V2's ``emb_mode="cls"``) takes the ``<cls>`` token.
+    The dictionaries are found next to the checkpoint (or in its parent's ``geneformer/``); a model
+    made with ``from_state_dict`` learns them from ``get_tokenizer(token_dictionary=...)``, and until
+    then knows no ``<cls>``/``<eos>`` and averages every token.
     The padded form like transformers: ``forward(input_ids: [B, L], attention_mask)`` ->
     :class:`ModelOutput` (0 at padding).
     """
