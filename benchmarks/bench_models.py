@@ -152,7 +152,10 @@ def build(model: str, size: int, quick: bool, dev: str, impls: list[str]) -> tup
                 offsets = [0]
                 for n in lens:
                     offsets.append(offsets[-1] + n)
-                fns["omicskern"] = lambda: om.mlm_logits(om.forward_ragged(flat, offsets))
+                from omicskern.batch import Batch
+
+                batch = Batch(flat, torch.tensor(offsets, device=flat.device))
+                fns["omicskern"] = lambda: om(batch, return_logits=True)
         if "accelerate" in impls:
             acc = copy.deepcopy(hf) if "reference" in impls else hf
             omicskern.accelerate(acc)
