@@ -21,6 +21,7 @@ Outputs:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,7 @@ class JobKey:
     def from_dict(cls, d: dict) -> "JobKey":
         return cls(d.get("kind", ""), d.get("input", {}), d.get("producer", {}), d.get("settings", {}))
 
-    @property
+    @functools.cached_property
     def hexdigest(self) -> str:
         return digest(self.to_dict())
 
@@ -169,11 +171,13 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, fsync: bool = True) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, fsync: bool = True,
+                 fsync_dir: bool = True) -> Path:
     """``write(tmp)`` writes the output (a file or a folder) at a temporary path in the same
     folder; it is fsynced and renamed to ``path`` (``os.replace``), so ``path`` is either the old
     or the complete new output, also after a crash. An old folder at ``path`` is moved aside
-    first and removed after the rename."""
+    first and removed after the rename. ``fsync_dir`` also makes the rename itself durable
+    (shards skip it: a shard lost with the rename is simply redone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
@@ -188,7 +192,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, fsyn
             _remove(old)
         else:
             os.replace(tmp, path)
-        if fsync:
+        if fsync and fsync_dir:
             _fsync_dir(path.parent)
     finally:
         if tmp.exists():
@@ -386,6 +390,7 @@ class ShardedJob:
         Another job's folder (or a non-empty folder without manifest) is refused with
         :class:`JobMismatchError` unless ``overwrite``, which deletes the old shards first."""
         out = self.out
+        self._flushed = time.monotonic()
         if out.exists() and not out.is_dir():
             raise JobMismatchError(f"{out} exists and is not a folder (a sharded output is a folder)")
         out.mkdir(parents=True, exist_ok=True)
@@ -394,13 +399,14 @@ class ShardedJob:
             if self.manifest_path.is_file():
                 old = Manifest.load(self.manifest_path, self.units_field)
                 if old.job_key == self.key.hexdigest:
-                    self.manifest = old
+                    self._merge_progress()
                     return self
                 if not overwrite:
                     raise _mismatch(out, self.key, old.data.get("job"))
                 for e in old.entries:
                     if isinstance(e, dict) and isinstance(e.get("shard"), str) and "/" not in e["shard"]:
                         (out / e["shard"]).unlink(missing_ok=True)
+                self._log.unlink(missing_ok=True)
                 self.manifest_path.unlink()
             elif any(p.name != ".manifest.lock" and not _TEMP.match(p.name) for p in out.iterdir()) and not overwrite:
                 raise JobMismatchError(f"{out} is not empty and has no manifest.json; use overwrite=True "
@@ -410,27 +416,72 @@ class ShardedJob:
             self.manifest.save()
         return self
 
+    # Unit status: a shard at its final name is complete (atomic write), so "done" is "its shard
+    # exists". What the pipeline reports per unit (rows, tokens) is appended to ``.progress.jsonl``
+    # (one short line per unit, O(1)) and merged into manifest.json by :meth:`flush`: every
+    # ``flush_s`` seconds, at :meth:`finish` and on the next open, so the manifest is not rewritten
+    # (O(units)) for every unit. The log is removed once the job is complete.
+    flush_s = 5.0
+
+    @property
+    def _log(self) -> Path:
+        return self.out / ".progress.jsonl"
+
     def is_done(self, unit: WorkUnit) -> bool:
-        e = self.manifest.entries[unit.index]
-        return bool(e.get("done")) and (self.out / e["shard"]).is_file()
+        return (self.out / unit.shard).is_file()
 
     def pending(self, rank: int = 0, world_size: int = 1, how: str = "contiguous") -> list[WorkUnit]:
-        """This rank's units that are not done yet (done = marked in the manifest and its shard
-        file present; a lost shard is redone)."""
+        """This rank's units whose shard is not there yet (a lost shard is redone)."""
         return [u for u in split_by_rank(self.units, rank, world_size, how) if not self.is_done(u)]
 
     def write_shard(self, unit: WorkUnit, write: Callable[[Path], None], **info) -> Path:
-        """Writes the unit's shard atomically, then marks it done in the manifest (with ``info``)."""
-        path = atomic_write(self.out / unit.shard, write)
-        with _locked(self.out):
-            m = Manifest.load(self.manifest_path, self.units_field)  # other ranks may have written
-            if m.job_key != self.key.hexdigest:
-                raise JobMismatchError(f"{self.out}: the manifest changed to another job while this one ran")
-            m.entries[unit.index].update(done=True, **info)
-            m.data["complete"] = all(e.get("done") for e in m.entries)
-            m.save()
-            self.manifest = m
+        """Writes the unit's shard atomically and logs it done (with ``info``)."""
+        path = atomic_write(self.out / unit.shard, write, fsync_dir=False)
+        line = json.dumps({"index": unit.index, **info}, sort_keys=True) + "\n"
+        fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        if time.monotonic() - self._flushed > self.flush_s:
+            self.flush()
         return path
+
+    def flush(self) -> None:
+        """Merges the progress log and the shards present into manifest.json."""
+        with _locked(self.out):
+            self._merge_progress()
+        self._flushed = time.monotonic()
+
+    finish = flush
+
+    def _merge_progress(self) -> None:
+        m = Manifest.load(self.manifest_path, self.units_field)  # other ranks may have written
+        if m.job_key != self.key.hexdigest:
+            raise JobMismatchError(f"{self.out}: the manifest changed to another job while this one ran")
+        info: dict[int, dict] = {}
+        if self._log.is_file():
+            for raw in self._log.read_text().splitlines():
+                try:
+                    d = json.loads(raw)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                if isinstance(d, dict) and isinstance(d.get("index"), int):
+                    info[d.pop("index")] = d
+        changed = False
+        for i, e in enumerate(m.entries):
+            done = (self.out / e["shard"]).is_file()
+            new = {**e, "done": done, **(info.get(i, {}) if done else {})}
+            if new != e:
+                m.entries[i] = new
+                changed = True
+        complete = all(e.get("done") for e in m.entries)
+        if changed or complete != m.data.get("complete"):
+            m.data["complete"] = complete
+            m.save()
+        if complete:
+            self._log.unlink(missing_ok=True)
+        self.manifest = m
 
     @property
     def complete(self) -> bool:

@@ -337,6 +337,8 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
         finally:
             if bar is not None:
                 bar.close()
+            if job is not None:
+                job.finish()
     if out is not None and not sharded:
         arrays = _rows_arrays(_merge(parts), {**config, "job_key": key.hexdigest}, key)
         atomic_write(out, lambda tmp: write_npz(tmp, arrays))

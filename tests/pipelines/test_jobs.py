@@ -124,6 +124,7 @@ def test_sharded_job_resume_and_refusal(tmp_path):
     job2 = ShardedJob(out, key, units).open()
     for u in job2.pending(1, 2):
         job2.write_shard(u, lambda t, i=u.index: write_npz(t, {"i": np.array(i)}))
+    job2.finish()
     assert job2.complete and json.loads((out / "manifest.json").read_text())["complete"]
     with pytest.raises(JobMismatchError, match="output belongs to another job"):
         ShardedJob(out, JobKey("t", {"x": 2}, {}, {}), units).open()
