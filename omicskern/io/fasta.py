@@ -1,4 +1,5 @@
-"""FASTA input (plain or BGZF-compressed) for the tokenizers, through pyfaidx.
+"""FASTA input (plain or BGZF-compressed) for the tokenizers, through pyfaidx; :func:`iter_records`
+streams any FASTA (plain, gzip or BGZF) record by record without an index.
 
 Index files: an existing ``.fai`` (and ``.gzi`` for BGZF) next to the FASTA is used when it is at
 least as new as the FASTA. Otherwise (missing, or older, e.g. after a copy that did not keep file
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tempfile
@@ -48,6 +50,43 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
             break
         s += stride
     return starts
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """``(name, sequence)`` of every record of a plain, gzip or BGZF FASTA file, in file order,
+    streamed (no index, nothing written; plain gzip works, unlike :class:`FastaFile`).
+
+    ``name`` is the header up to the first whitespace; the sequence is the record's lines joined
+    with surrounding whitespace removed, case kept (empty records are yielded too).
+
+    Example:
+        >>> for name, seq in iter_records("reads.fa.gz"): ...
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FASTA file not found: {path}")
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"  # gzip and BGZF (a gzip-compatible format) alike
+    opener = gzip.open if gz else open
+    name: str | None = None
+    parts: list[str] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.startswith(">"):
+                if name is not None:
+                    yield name, "".join(parts)
+                    parts.clear()
+                fields = line[1:].split(maxsplit=1)
+                name = fields[0] if fields else ""
+            else:
+                line = line.strip()
+                if not line:
+                    continue
+                if name is None:
+                    raise ValueError(f"{path}: line {lineno} holds sequence before any '>' header; not a FASTA file")
+                parts.append(line)
+    if name is not None:
+        yield name, "".join(parts)
 
 
 def _cache_dir() -> Path:

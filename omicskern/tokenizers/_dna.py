@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -59,3 +61,17 @@ def letters_any_case(chars: str, uppercase: bool) -> list[tuple[int, str]]:
 def join_tokens(table: np.ndarray, ids: np.ndarray) -> str:
     """Concatenates token strings (``table`` is an object array of str indexed by id)."""
     return "".join(table[ids].tolist())
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called inside omicskern that points at the first caller
+    outside the package (so the warning names the user's line, whatever the call path)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level

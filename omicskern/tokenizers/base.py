@@ -1,8 +1,11 @@
 """What every sequence tokenizer shares: batch results and the common encode/decode API.
 
 A concrete tokenizer implements only ``_encode_raw`` (sequences -> ragged ids without special
-tokens, in C++) and ``_decode_ids``. Special tokens, truncation and padding are applied here, by
-the C++ helpers ``_C.ragged_finalize`` / ``_C.ragged_pad`` (parallel, GIL released).
+tokens, in C++) and ``_decode_ids``, and hands its vocabulary to :meth:`SequenceTokenizer._set_vocab`.
+Special tokens, truncation and padding are applied here, by the C++ helpers
+``_C.ragged_finalize`` / ``_C.ragged_pad`` (parallel, GIL released), and so is the vocabulary API
+(``vocab``, ``get_vocab``, ``vocab_size``, ``token_to_id``, ``id_to_token``, the special-token ids),
+with Hugging Face ``tokenizers``' behaviour for unknown tokens and ids: ``None``, not an error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from omicskern.batch import Batch, PaddedBatch
 
 SeqLike = Union[str, bytes, bytearray]
 _COMPLEMENT = bytes.maketrans(b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv", b"TGCAANYRMKSWVHDBtgcaanyrmkswvhdb")
+
+
+class UnknownTokensWarning(UserWarning):
+    """Most tokens of a result are the unknown token (e.g. lower-case input and a BPE vocabulary
+    without lower-case tokens). The message gives the fraction and the likely cause; the ids are
+    unchanged. Silence it with ``warnings.simplefilter("ignore", UnknownTokensWarning)``."""
 
 
 def _check_side(side: str, what: str) -> bool:
@@ -54,25 +63,75 @@ def reverse_complement(seq: SeqLike) -> SeqLike:
 class SequenceTokenizer(ABC):
     """Common API of the DNA tokenizers (char, k-mer, BPE).
 
+    Constructor arguments shared by every tokenizer (keyword-only, the defaults of
+    :meth:`encode_batch`): ``add_special_tokens``, ``padding_side``, ``truncation_side``,
+    ``max_length``, ``num_threads`` and ``pad_token_id`` (None: the vocabulary's pad token).
+
+    Vocabulary API (same behaviour everywhere, as Hugging Face ``tokenizers``):
+
+    - ``vocab`` / ``get_vocab()``: a new dict token -> id; ``vocab_size``: ids are ``0..vocab_size-1``;
+    - ``token_to_id(token)``: the id, or ``None`` for a token not in the vocabulary;
+    - ``id_to_token(id)``: the token, or ``None`` for an id outside the vocabulary;
+    - ``pad_token_id``, ``unk_token_id``, ``cls_token_id``, ``sep_token_id``, ``mask_token_id``,
+      ``bos_token_id``, ``eos_token_id``: the id, or ``None`` when the vocabulary has no such token.
+
     Subclasses set ``prefix_ids``/``suffix_ids`` (special tokens around every sequence when
-    ``add_special_tokens``), ``pad_token_id`` and implement ``_encode_raw`` and ``_decode_ids``.
+    ``add_special_tokens``), the special-token ids, call :meth:`_set_vocab` and implement
+    ``_encode_raw`` and ``_decode_ids``.
+
+    Example:
+        >>> tok = CharTokenizer()
+        >>> tok.token_to_id("A"), tok.token_to_id("Z"), tok.id_to_token(7), tok.id_to_token(99)
+        (7, None, 'A', None)
     """
 
     prefix_ids: tuple[int, ...] = ()
     suffix_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
+    unk_token_id: int | None = None
+    cls_token_id: int | None = None
+    sep_token_id: int | None = None
+    mask_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
     #: Special-token ids that ``decode(skip_special_tokens=True)`` drops.
     special_ids: frozenset[int] = frozenset()
 
     def __init__(self, *, add_special_tokens: bool = True, padding_side: str = "right",
-                 truncation_side: str = "right", max_length: int | None = None, num_threads: int = 0):
+                 truncation_side: str = "right", max_length: int | None = None, num_threads: int = 0,
+                 pad_token_id: int | None = None):
         _check_side(padding_side, "padding_side")
         _check_side(truncation_side, "truncation_side")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
+                                       or max_length < 0):
+            raise ValueError(f"max_length must be None or an int >= 0, got {max_length!r}")
+        if pad_token_id is not None and (isinstance(pad_token_id, bool)
+                                         or not isinstance(pad_token_id, (int, np.integer))):
+            raise TypeError(f"pad_token_id must be an int or None, got {pad_token_id!r}")
         self.add_special_tokens = add_special_tokens
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.max_length = max_length
         self.num_threads = num_threads
+        self._pad_token_id_arg = None if pad_token_id is None else int(pad_token_id)
+        self._vocab: dict[str, int] = {}
+        self._id_tokens: list[str | None] = []
+
+    def _set_vocab(self, vocab: dict[str, int], size: int | None = None) -> None:
+        """Installs the vocabulary (token -> id; ids below ``size``, default max id + 1) and applies
+        the ``pad_token_id`` argument. Call at the end of the subclass constructor."""
+        n = (max(vocab.values(), default=-1) + 1) if size is None else int(size)
+        table: list[str | None] = [None] * n
+        for tok, i in vocab.items():
+            if not 0 <= i < n:
+                raise ValueError(f"token {tok!r} has id {i}, outside the vocabulary (size {n})")
+            table[i] = tok
+        self._vocab = dict(vocab)
+        self._id_tokens = table
+        if self._pad_token_id_arg is not None:
+            if not 0 <= self._pad_token_id_arg < n:
+                raise ValueError(f"pad_token_id {self._pad_token_id_arg} is outside the vocabulary (size {n})")
+            self.pad_token_id = self._pad_token_id_arg
 
     # -- to implement ---------------------------------------------------------------------------
     @abstractmethod
@@ -89,12 +148,33 @@ class SequenceTokenizer(ABC):
     def _decode_ids(self, ids: np.ndarray) -> str:
         """Token ids (specials already removed if asked) -> sequence text."""
 
+    # -- vocabulary -----------------------------------------------------------------------------
     @property
-    @abstractmethod
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int:
+        """Number of ids: every id is in ``0..vocab_size-1``."""
+        return len(self._id_tokens)
 
-    @abstractmethod
-    def get_vocab(self) -> dict[str, int]: ...
+    @property
+    def vocab(self) -> dict[str, int]:
+        """token -> id (a new dict; same as :meth:`get_vocab`)."""
+        return dict(self._vocab)
+
+    def get_vocab(self) -> dict[str, int]:
+        """token -> id (a new dict)."""
+        return dict(self._vocab)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or ``None`` when it is not in the vocabulary (as HF ``tokenizers``)."""
+        if not isinstance(token, str):
+            raise TypeError(f"token_to_id expects a str token, got {type(token).__name__}")
+        return self._vocab.get(token)
+
+    def id_to_token(self, id: int) -> str | None:  # noqa: A002  (HF's parameter name)
+        """The token of ``id``, or ``None`` when the id is outside the vocabulary (as HF ``tokenizers``)."""
+        if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
+            raise TypeError(f"id_to_token expects an int id, got {type(id).__name__}")
+        i = int(id)
+        return self._id_tokens[i] if 0 <= i < len(self._id_tokens) else None
 
     # -- common API -----------------------------------------------------------------------------
     def encode(self, seq: SeqLike, *, add_special_tokens: bool | None = None, max_length: int | None = None,

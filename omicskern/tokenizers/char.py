@@ -39,17 +39,24 @@ class CharTokenizer(SequenceTokenizer):
             ``"unk"`` gives ``[UNK]``, ``"n"`` gives the id of ``N``.
         add_special_tokens, padding_side, truncation_side, max_length, num_threads: defaults of
             :meth:`encode_batch` (see :class:`~omicskern.tokenizers.base.SequenceTokenizer`).
+        pad_token_id: id used for padding (default: ``[PAD]`` = 4).
+
+    Vocabulary API (``vocab``, ``token_to_id``, ``id_to_token``, ...): see
+    :class:`~omicskern.tokenizers.base.SequenceTokenizer`. As in HyenaDNA's ``CharacterTokenizer``,
+    ``bos_token_id`` is ``[BOS]`` (2, defined but never added) and ``eos_token_id`` is ``[SEP]`` (1).
 
     Example:
         >>> tok = CharTokenizer()
         >>> tok.encode("ACGTn")          # [0, 7, 8, 9, 10, 11, 1]
+        >>> tok.token_to_id("G"), tok.token_to_id("X")   # (9, None)
     """
 
     def __init__(self, characters: str | Sequence[str] = "dna", *, uppercase: bool = True, on_invalid: str = "error",
                  add_special_tokens: bool = True, padding_side: str = "left", truncation_side: str = "right",
-                 max_length: int | None = None, num_threads: int = 0):
+                 max_length: int | None = None, num_threads: int = 0, pad_token_id: int | None = None):
         super().__init__(add_special_tokens=add_special_tokens, padding_side=padding_side,
-                         truncation_side=truncation_side, max_length=max_length, num_threads=num_threads)
+                         truncation_side=truncation_side, max_length=max_length, num_threads=num_threads,
+                         pad_token_id=pad_token_id)
         if isinstance(characters, str) and characters.lower() in ALPHABETS:
             characters = ALPHABETS[characters.lower()]
         chars = "".join(characters)
@@ -67,7 +74,9 @@ class CharTokenizer(SequenceTokenizer):
         self.unk_token_id = self._vocab["[UNK]"]
         self.cls_token_id, self.sep_token_id = self._vocab["[CLS]"], self._vocab["[SEP]"]
         self.mask_token_id = self._vocab["[MASK]"]
+        self.bos_token_id, self.eos_token_id = self._vocab["[BOS]"], self._vocab["[SEP]"]
         self.pad_token_id = self._vocab["[PAD]"]
+        self._set_vocab(self._vocab, size=len(self._tokens))
         self.prefix_ids = (self.cls_token_id,)
         self.suffix_ids = (self.sep_token_id,)
         self.special_ids = frozenset(i for i, t in enumerate(SPECIAL_TOKENS) if t != "[UNK]")
@@ -87,13 +96,6 @@ class CharTokenizer(SequenceTokenizer):
         # Decoding: [UNK] stands for one unknown base, written N.
         self._decode_table = np.array(list(self._tokens), dtype=object)
         self._decode_table[self.unk_token_id] = "N"
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tokens)
-
-    def get_vocab(self) -> dict[str, int]:
-        return dict(self._vocab)
 
     def _encode_raw(self, seqs: list, num_threads: int, return_soft_mask: bool):
         return self._encode_with_specials(seqs, num_threads, return_soft_mask, (), ())

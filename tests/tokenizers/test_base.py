@@ -254,3 +254,84 @@ def test_very_long_input():
     assert ids[:5].tolist() == [4102, 4104, 4105, 4103, 4106]
     c = CharTokenizer().encode(seq, add_special_tokens=False)
     assert c.size == len(seq) and c[-3:].tolist() == [7, 8, 9]
+
+
+# -- the shared vocabulary API (same names, same behaviour for unknown tokens and ids) -------------
+DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
+
+
+def _bpe():
+    from omicskern.tokenizers.bpe import BPETokenizer
+
+    return BPETokenizer.from_file(DATA / "dnabert2_tokenizer.json")
+
+
+ALL_TOKENIZERS = TOKENIZERS + [pytest.param(lambda: KmerTokenizer(6), id="nt-k6"), pytest.param(_bpe, id="bpe")]
+COMMON_ARGS = ("max_length", "pad_token_id", "padding_side", "truncation_side", "add_special_tokens", "num_threads")
+ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+
+
+@pytest.mark.parametrize("make", ALL_TOKENIZERS)
+def test_vocabulary_api(make):
+    tok = make()
+    vocab = tok.vocab
+    assert isinstance(vocab, dict) and vocab == tok.get_vocab() and vocab
+    vocab["not a token"] = 0  # a copy: the tokenizer is not changed
+    assert "not a token" not in tok.vocab and tok.token_to_id("not a token") is None
+    vocab = tok.get_vocab()
+    assert tok.vocab_size == max(vocab.values()) + 1
+    for t, i in vocab.items():
+        assert tok.token_to_id(t) == i and tok.id_to_token(i) == t
+    assert tok.id_to_token(np.int64(next(iter(vocab.values())))) == next(iter(vocab))
+    # unknown: None, as Hugging Face tokenizers (never an exception, never the unk id)
+    for unknown in ("", "X", "acgtac" if "ACGTAC" in vocab else "zz", "<nope>", "ACGTACGTACGTACGTACGTACGTACGTACGT"):
+        assert tok.token_to_id(unknown) is None
+    for bad_id in (tok.vocab_size, tok.vocab_size + 10**6, -1):
+        assert tok.id_to_token(bad_id) is None
+    with pytest.raises(TypeError):
+        tok.token_to_id(5)
+    with pytest.raises(TypeError):
+        tok.id_to_token("A")
+    for role in ROLES:  # every role attribute exists: an id of the vocabulary or None
+        i = getattr(tok, f"{role}_token_id")
+        assert i is None or (isinstance(i, int) and 0 <= i < tok.vocab_size and tok.id_to_token(i) is not None), role
+    assert tok.pad_token_id is not None and tok.unk_token_id is not None
+
+
+@pytest.mark.parametrize("make", ALL_TOKENIZERS)
+def test_special_token_roles_by_name(make):
+    tok = make()
+    names = {"char": "[{}]", "nt": "<{}>", "overlap": "[{}]", "bpe": "[{}]"}
+    kind = type(tok).__name__
+    style = "bpe" if kind == "BPETokenizer" else "char" if kind == "CharTokenizer" else tok.mode
+    for role in ("pad", "unk", "cls", "mask"):
+        assert tok.id_to_token(getattr(tok, f"{role}_token_id")) == names[style].format(role.upper() if
+                                                                                        style != "nt" else role)
+    if style == "nt":
+        assert tok.sep_token_id is None and (tok.eos_token_id, tok.bos_token_id) == (4, 5)
+    else:
+        assert tok.id_to_token(tok.sep_token_id) == "[SEP]"
+
+
+def test_common_constructor_arguments():
+    import inspect
+
+    from omicskern.tokenizers.bpe import BPETokenizer
+
+    for cls in (CharTokenizer, KmerTokenizer):
+        params = inspect.signature(cls).parameters
+        assert all(p in params and params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in COMMON_ARGS), cls
+    kw = dict(max_length=5, pad_token_id=9, padding_side="left", truncation_side="left", add_special_tokens=False,
+              num_threads=1)
+    for tok in (CharTokenizer(**kw), KmerTokenizer(3, **kw), BPETokenizer.from_file(DATA / "dnabert2_tokenizer.json",
+                                                                                     **kw)):
+        assert (tok.max_length, tok.pad_token_id, tok.padding_side, tok.truncation_side, tok.add_special_tokens,
+                tok.num_threads) == (5, 9, "left", "left", False, 1)
+        b = tok.encode_batch(["A", "ACGTACGTACGTACGTACGTACGT"], truncation=True)
+        assert b.input_ids.shape[1] <= 5 and b.input_ids[0, 0] == 9  # left padding with id 9
+    with pytest.raises(ValueError, match="pad_token_id"):
+        CharTokenizer(pad_token_id=12)
+    with pytest.raises(TypeError, match="pad_token_id"):
+        KmerTokenizer(pad_token_id="<pad>")
+    with pytest.raises(ValueError, match="max_length"):
+        KmerTokenizer(max_length=-1)

@@ -20,7 +20,12 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
 
 from omicskern.errors import InvalidSequenceError  # noqa: E402
+from omicskern.tokenizers.base import UnknownTokensWarning  # noqa: E402
 from omicskern.tokenizers.bpe import BPETokenizer  # noqa: E402
+
+# Parity inputs include lower case and unknown characters on purpose; their (expected) warning is
+# tested on its own below (pytest.warns records it whatever this filter says).
+pytestmark = pytest.mark.filterwarnings("ignore::omicskern.tokenizers.base.UnknownTokensWarning")
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DNABERT2 = DATA / "dnabert2_tokenizer.json"
@@ -382,3 +387,99 @@ def test_empty_and_all_n():
     tok, hf = _DNABERT2_PAIR
     assert_parity(tok, hf, ["", "N" * 5000, "n", " " * 10], engines=("auto", "heap"))
     assert tok.encode("", add_special_tokens=False).shape == (0,)
+
+
+# -- vocabulary API ------------------------------------------------------------------------------
+def test_vocabulary_api_matches_hf():
+    tok, hf = BPETokenizer.from_file(DNABERT2), Tokenizer.from_file(str(DNABERT2))
+    assert tok.vocab == tok.get_vocab() == hf.get_vocab() and tok.vocab_size == hf.get_vocab_size() == 4096
+    for t in ["A", "ACGT", "[CLS]", "[UNK]", "acgt", "zz", "", "N", "ACGTACGTACGTACGTACGTACGTACGT"]:
+        assert tok.token_to_id(t) == hf.token_to_id(t), t  # None for an unknown token, as HF
+    for i in [0, 1, 5, 4095, 4096, 10**6]:
+        assert tok.id_to_token(i) == hf.id_to_token(i), i  # None outside the vocabulary, as HF
+    assert tok.id_to_token(-1) is None
+    assert (tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id) == \
+        tuple(hf.token_to_id(t) for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"))
+    assert tok.bos_token_id is None and tok.eos_token_id is None
+    assert BPETokenizer.from_file(DNABERT2, pad_token_id=4).pad_token_id == 4
+    with pytest.raises(ValueError, match="not both"):
+        BPETokenizer.from_file(DNABERT2, pad_token="[PAD]", pad_token_id=3)
+
+
+def test_vocabulary_api_without_unk_and_with_holes():
+    vocab = {"A": 0, "C": 1, "AC": 5}  # ids 2..4 unused
+    text = _doc(vocab, [["A", "C"]], model_unk_token=None)
+    tok, hf = BPETokenizer.from_json_str(text), Tokenizer.from_str(text)
+    assert tok.unk_token_id is None and tok.cls_token_id is None and tok.vocab_size == 6
+    for i in range(8):
+        assert tok.id_to_token(i) == hf.id_to_token(i), i
+    assert tok.token_to_id("G") is None and tok.token_to_id("AC") == 5
+
+
+# -- mostly-[UNK] results warn (lower-case input and a vocabulary without lower case) -------------
+def _one_warning(record) -> str:
+    got = [w for w in record if issubclass(w.category, UnknownTokensWarning)]
+    assert len(got) == 1, [str(w.message) for w in got]
+    assert got[0].filename == __file__  # it points at the caller's line, whatever the call path
+    return str(got[0].message)
+
+
+def test_lowercase_genome_warns_and_keeps_hf_ids(lambda_seq):
+    import re
+
+    tok, hf = BPETokenizer.from_file(DNABERT2), Tokenizer.from_file(str(DNABERT2))
+    soft = lambda_seq[:20_000].lower()  # a soft-masked stretch, as P. falciparum's whole genome
+    with pytest.warns(UnknownTokensWarning) as rec:
+        ids = tok.encode(soft)
+    msg = _one_warning(rec)
+    assert ids.tolist() == hf.encode(soft).ids  # the file's semantics: HF's [UNK]s, exactly
+    n = len(ids) - 2
+    assert msg == (f"100% of {n:,} tokens are [UNK]: this tokenizer.json has no lower-case tokens; pass "
+                   f"uppercase=True (or upper-case the sequences) for soft-masked genomes")
+    # every path: batch padded / ragged, __call__, truncation, a tokenizer from the JSON text
+    chunks = [soft[i:i + 1000] for i in range(0, len(soft), 1000)]
+    calls = [lambda: tok.encode_batch(chunks), lambda: tok.encode_batch(chunks, padding=False),
+             lambda: tok(chunks, truncation=True, max_length=50),
+             lambda: BPETokenizer.from_json_str(DNABERT2.read_text()).encode_batch(chunks, num_threads=2)]
+    for call in calls:
+        with pytest.warns(UnknownTokensWarning, match="pass uppercase=True") as rec:
+            call()
+        _one_warning(rec)
+    # a fraction below 100% is written as measured (floored), with the token count
+    mixed = soft[:9000] + lambda_seq[9000:10_000]
+    with pytest.warns(UnknownTokensWarning) as rec:
+        ids = tok.encode(mixed, add_special_tokens=False)
+    pct, total = re.match(r"([\d.]+)% of ([\d,]+) tokens", _one_warning(rec)).groups()
+    n_unk = int((ids == tok.unk_token_id).sum())
+    assert int(total.replace(",", "")) == len(ids) and 50 < float(pct) < 100
+    assert abs(float(pct) - 100 * n_unk / len(ids)) < 1e-4
+
+
+def test_no_warning_when_unknowns_are_few(lambda_seq):
+    import warnings
+
+    tok = BPETokenizer.from_file(DNABERT2)
+    soft = lambda_seq[:20_000].lower()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownTokensWarning)
+        up = BPETokenizer.from_file(DNABERT2, uppercase=True)
+        assert up.encode(soft).tolist() == tok.encode(lambda_seq[:20_000].upper()).tolist()
+        tok.encode_batch([lambda_seq[:20_000]])
+        # 5% soft-masked bases: one [UNK] per lower-case base (no fuse_unk), still 1 token in 5
+        tok.encode(lambda_seq[:9500] + soft[9500:10_000])
+        assert tok.encode("A N", add_special_tokens=False).tolist() == [tok.token_to_id("A"), 0]  # exactly 50%
+        tok.encode_batch([])
+        tok.encode("")
+    with pytest.warns(UnknownTokensWarning):
+        tok.encode("A N N", add_special_tokens=False)
+
+
+def test_unknown_characters_other_than_lower_case_warn_generically(lambda_seq):
+    tok = BPETokenizer.from_file(DNABERT2)  # DNABERT-2 has no N token: an assembly gap is [UNK]s
+    with pytest.warns(UnknownTokensWarning, match="100% of 9 tokens are \\[UNK\\]: most of the input has no token"):
+        tok.encode("NNN NNN NNN", add_special_tokens=False)
+    # a trained vocabulary (upper-cased corpus) on lower-case input: the lower-case hint again
+    trained = BPETokenizer.train([lambda_seq[:5000]], vocab_size=64)
+    with pytest.warns(UnknownTokensWarning, match="no lower-case tokens") as rec:
+        trained.encode_batch([lambda_seq[:3000].lower()], padding=False)
+    _one_warning(rec)

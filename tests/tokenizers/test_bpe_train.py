@@ -129,3 +129,41 @@ def test_train_bad_input():
         BPETokenizer.train(["ACGT"], pre_tokenizer="bytelevel")
     with pytest.raises(FileNotFoundError):
         BPETokenizer.train([Path("/nonexistent/genome.fa")])
+
+
+def test_train_from_fasta_bgzip_and_multi_line(tmp_path):
+    """BGZF (bgzip) FASTA and wrapped lines give the same corpus as the plain file's records."""
+    bgzf = pytest.importorskip("Bio.bgzf")
+    seq = lambda_seq()
+    text = ">one desc\n" + "\n".join(seq[i:min(i + 60, 20000)] for i in range(0, 20000, 60)) + "\n\n>empty\n>two\n" + seq[20000:] + "\n"
+    plain = tmp_path / "lambda.fa"
+    plain.write_text(text)
+    bgz = tmp_path / "lambda.fa.gz"
+    with bgzf.BgzfWriter(str(bgz), "wb") as f:
+        f.write(text.encode())
+    want = BPETokenizer.train([seq[:20000], seq[20000:]], vocab_size=300).to_json_str()
+    assert BPETokenizer.train([plain], vocab_size=300).to_json_str() == want
+    assert BPETokenizer.train(bgz, vocab_size=300).to_json_str() == want
+    assert BPETokenizer.train([str(bgz)], vocab_size=300, chunk_length=700).to_json_str() == \
+        BPETokenizer.train([s[i:i + 700] for s in (seq[:20000], seq[20000:]) for i in range(0, len(s), 700)],
+                           vocab_size=300).to_json_str()
+
+
+def test_fasta_records_stream(tmp_path):
+    """omicskern.io.fasta.iter_records, the reader behind training on FASTA paths."""
+    from omicskern.io.fasta import iter_records
+
+    text = ">r1 some description\nACGT\n  acgn  \n\n>r2\n>r3\nTT\n"
+    plain = tmp_path / "x.fa"
+    plain.write_text(text)
+    gz = tmp_path / "x.fa.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(text)
+    want = [("r1", "ACGTacgn"), ("r2", ""), ("r3", "TT")]
+    assert list(iter_records(plain)) == list(iter_records(gz)) == want
+    bad = tmp_path / "bad.fa"
+    bad.write_text("ACGT\n>r\nAC\n")
+    with pytest.raises(ValueError, match="line 1"):
+        list(iter_records(bad))
+    with pytest.raises(FileNotFoundError):
+        list(iter_records(tmp_path / "missing.fa"))

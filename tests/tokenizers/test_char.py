@@ -181,3 +181,22 @@ def test_lambda_genome(data_dir):
             tok.encode_batch([seq], padding=False, add_special_tokens=False, num_threads=2).input_ids
         np.testing.assert_array_equal(ids, ref)
     assert tok.decode(tok.encode(seq)) == seq
+
+
+def test_vocabulary_api_and_unknown_tokens():
+    """token_to_id / id_to_token as HF: None for an unknown token or an id outside the vocabulary."""
+    tok = CharTokenizer()
+    assert tok.vocab == tok.get_vocab() and tok.vocab_size == 12
+    assert [tok.token_to_id(c) for c in "ACGTN"] == [7, 8, 9, 10, 11]
+    assert tok.token_to_id("[UNK]") == tok.unk_token_id == 6
+    assert tok.token_to_id("a") is None  # lower case is read as upper case, but it is not a token
+    assert tok.token_to_id("X") is None and tok.token_to_id("AC") is None
+    assert [tok.id_to_token(i) for i in (0, 4, 6, 11)] == ["[CLS]", "[PAD]", "[UNK]", "N"]
+    assert tok.id_to_token(12) is None and tok.id_to_token(-1) is None
+    # HyenaDNA's CharacterTokenizer: bos [BOS] (never added), eos = sep = [SEP]
+    assert (tok.mask_token_id, tok.bos_token_id, tok.eos_token_id, tok.sep_token_id) == (3, 2, 1, 1)
+    iupac = CharTokenizer("iupac")
+    assert iupac.token_to_id("R") == 12 and iupac.id_to_token(21) == "V" and iupac.id_to_token(22) is None
+    # an unknown base is [UNK] only with on_invalid="unk"; its id is unk_token_id
+    assert CharTokenizer(on_invalid="unk").encode("AXC", add_special_tokens=False).tolist() == [7, 6, 8]
+    assert CharTokenizer(pad_token_id=5).encode_batch(["A", "ACG"]).input_ids[0].tolist() == [5, 5, 0, 7, 1]

@@ -231,3 +231,135 @@ def test_soft_mask_matches_reference(seq, k, mode, chunk):
     tok._chunk = chunk
     b = tok.encode_batch([seq], padding=False, add_special_tokens=False, return_soft_mask=True, num_threads=2)
     assert b.soft_mask.tolist() == soft_ref(seq, k, mode)
+
+
+# -- vocabulary API and checkpoints' own vocab.txt ---------------------------------------------------
+KMERS6 = ["".join(p) for p in itertools.product("ATCG", repeat=6)]
+#: NT v2 (the nt_v2_tiny fixture's README, = the released v2 vocab.txt): six specials first.
+NT_V2_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"] + KMERS6 + list("ATCGN")
+#: NT v1 (nucleotide_transformer/tokenizers.py of instadeepai/nucleotide-transformer: StandardTokenizer's
+#: default ids = special_tokens_1 + k-mers + A T C G N + special_tokens_2, the layout of the v1 checkpoints,
+#: whose embedding holds the first 4105 ids, hence config.json vocab_size 4105).
+NT_V1_TOKENS = ["<unk>", "<pad>", "<mask>", "<cls>"] + KMERS6 + list("ATCGN") + ["<eos>", "<bos>"]
+
+
+def write_vocab(path, tokens):
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def test_vocabulary_api_and_unknown_tokens():
+    nt, ov = KmerTokenizer(6), KmerTokenizer(4, mode="overlap")
+    assert nt.vocab == nt.get_vocab() and nt.token_to_id("ACGTAC") == 728 and nt.id_to_token(728) == "ACGTAC"
+    for tok in (nt, ov):
+        assert tok.token_to_id("acgtac") is None and tok.token_to_id("NNNNNN") is None  # None, as HF
+        assert tok.token_to_id("ACGTA") is None and tok.token_to_id("") is None
+        assert tok.id_to_token(tok.vocab_size) is None and tok.id_to_token(-1) is None
+    assert (nt.unk_token_id, nt.pad_token_id, nt.mask_token_id, nt.cls_token_id, nt.eos_token_id,
+            nt.bos_token_id, nt.sep_token_id) == (0, 1, 2, 3, 4, 5, None)
+    assert (ov.pad_token_id, ov.unk_token_id, ov.cls_token_id, ov.sep_token_id, ov.mask_token_id,
+            ov.eos_token_id, ov.bos_token_id) == (0, 1, 2, 3, 4, None, None)
+    assert ov.token_to_id("N") is None and ov.id_to_token(5) == "AAAA"
+    # what an unknown base gives: <unk> / [UNK] (with on_invalid="unk"), the id unk_token_id
+    assert KmerTokenizer(3, on_invalid="unk").encode("ACGXAC", add_special_tokens=False).tolist() == \
+        [6 + code("ACG"), 0, 6 + 64 + 0, 6 + 64 + 2]
+    assert KmerTokenizer(3, mode="overlap", on_invalid="unk").encode("ACGX", add_special_tokens=False).tolist() == \
+        [5 + code("ACG"), 1]
+
+
+def test_v2_vocab_file_reproduces_v2_ids(tmp_path, data_dir):
+    tok = KmerTokenizer.from_vocab_file(write_vocab(tmp_path / "vocab.txt", NT_V2_TOKENS))
+    assert (tok.k, tok.mode, tok.vocab_size) == (6, "nt", 4107)
+    assert tok.encode("ACGTACGN").tolist() == [3, 728, 4105, 4106]
+    assert tok.get_vocab() == KmerTokenizer(6).get_vocab()
+    ref = np.load(data_dir / "fixtures" / "nt_v2_tiny_inputs.npz")
+    batch = tok(list(ref["dna"]), padding="max_length", max_length=ref["input_ids"].shape[1])
+    np.testing.assert_array_equal(batch.input_ids, ref["input_ids_unmasked"])
+    assert KmerTokenizer.from_vocab_file(tmp_path).get_vocab() == tok.get_vocab()  # a checkpoint folder
+
+
+@pytest.mark.parametrize("tokens", [NT_V1_TOKENS, NT_V1_TOKENS[:-2]], ids=["4107-lines", "4105-lines"])
+def test_v1_vocab_file_gives_v1_ids(tmp_path, data_dir, tokens):
+    """NT v1's own tokenizer gives ACGTACGN -> [3, 726, 4103, 4104]: k-mers from 4, not 6."""
+    tok = KmerTokenizer.from_vocab_file(write_vocab(tmp_path / "vocab.txt", tokens))
+    assert (tok.k, tok.mode, tok.vocab_size) == (6, "nt", len(tokens))
+    assert tok.encode("ACGTACGN").tolist() == [3, 726, 4103, 4104]
+    assert (tok.unk_token_id, tok.pad_token_id, tok.mask_token_id, tok.cls_token_id) == (0, 1, 2, 3)
+    assert (tok.eos_token_id, tok.bos_token_id) == ((4105, 4106) if len(tokens) == 4107 else (None, None))
+    assert tok.token_to_id("AAAAAA") == 4 and tok.token_to_id("N") == 4104 and tok.id_to_token(len(tokens)) is None
+    # same tokens as v2 on the fixture: every k-mer / base id is 2 lower, <cls> and <pad> are the same
+    ref = np.load(data_dir / "fixtures" / "nt_v2_tiny_inputs.npz")
+    v1 = tok(list(ref["dna"]), padding="max_length", max_length=600).input_ids
+    v2 = ref["input_ids_unmasked"]
+    np.testing.assert_array_equal(v1, np.where(v2 > 5, v2 - 2, v2))
+    assert tok.decode(tok.encode("ACGTACGN")) == "ACGTACGN"
+    # padding, truncation and the soft mask on the v1 ids
+    b = tok.encode_batch(["ACGTACgn", "A"], return_soft_mask=True, truncation=True, max_length=3)
+    assert b.input_ids.tolist() == [[3, 726, 4103], [3, 4100, 1]]
+    assert b.soft_mask.tolist() == [[False, False, True], [False, False, False]]
+
+
+def test_vocab_file_ids_are_looked_up_not_recomputed(tmp_path):
+    """A vocabulary in any order: every id comes from the file (the encoder gathers through it)."""
+    rng = np.random.default_rng(0)
+    tokens = list(np.array(NT_V2_TOKENS, dtype=object)[rng.permutation(len(NT_V2_TOKENS))])
+    tok = KmerTokenizer.from_vocab_file(write_vocab(tmp_path / "vocab.txt", tokens))
+    ref = KmerTokenizer(6)
+    seqs = ["ACGTACGN", "acgtacgtacgtaNNAC", "", "G" * 13, "ATTTTTCCCGGGATN" * 30]
+    for add in (True, False):
+        got = tok.encode_batch(seqs, padding=False, add_special_tokens=add)
+        want = ref.encode_batch(seqs, padding=False, add_special_tokens=add)
+        assert [[tokens[i] for i in r] for r in got] == [[ref.id_to_token(int(i)) for i in r] for r in want]
+        assert tok.decode_batch(got) == ref.decode_batch(want)
+    assert tok.encode("ACGTACGN").tolist() == [tokens.index(t) for t in ("<cls>", "ACGTAC", "G", "N")]
+    assert tok.pad_token_id == tokens.index("<pad>")
+    assert tok.encode_batch(["A", "ACGTAC"], truncation=True, max_length=2).input_ids.tolist() == \
+        [[tokens.index("<cls>"), tokens.index("A")], [tokens.index("<cls>"), tokens.index("ACGTAC")]]
+    # overlap mode (DNABERT-1 vocab.txt), shuffled as well
+    dnabert = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ["".join(p) for p in itertools.product("ATCG", repeat=3)]
+    shuffled = list(np.array(dnabert, dtype=object)[rng.permutation(len(dnabert))])
+    ov = KmerTokenizer.from_vocab_file(write_vocab(tmp_path / "vocab.txt", shuffled))
+    ov_ref = KmerTokenizer(3, mode="overlap")
+    assert (ov.k, ov.mode) == (3, "overlap")
+    for s in ("ACGTNACGT", "AC", "TTTTGCA"):
+        got = [shuffled[i] for i in ov.encode(s)]
+        assert got == [ov_ref.id_to_token(int(i)) for i in ov_ref.encode(s)]
+        assert ov.decode(ov.encode(s)) == ov_ref.decode(ov_ref.encode(s))
+
+
+def test_dnabert_vocab_file_and_round_trip(tmp_path):
+    for k, mode in ((3, "overlap"), (6, "overlap"), (4, "nt")):
+        tok = KmerTokenizer(k, mode=mode)
+        path = tok.save_vocab_file(tmp_path)
+        assert path == tmp_path / "vocab.txt"
+        again = KmerTokenizer.from_vocab_file(path)
+        assert (again.k, again.mode, again.get_vocab(), again.special_ids) == (k, mode, tok.get_vocab(),
+                                                                                 tok.special_ids)
+        assert again.encode("ACGTNACGTT").tolist() == tok.encode("ACGTNACGTT").tolist()
+    # k and mode can be given; a wrong k is an error naming the file
+    assert KmerTokenizer.from_vocab_file(path, k=4, mode="nt").k == 4
+    with pytest.raises(ValueError, match="lacks .* 5-mers"):
+        KmerTokenizer.from_vocab_file(write_vocab(tmp_path / "v.txt", NT_V2_TOKENS), k=5)
+
+
+@pytest.mark.parametrize("tokens,match", [
+    (NT_V2_TOKENS[:-10], "lacks 5 of the 4096 6-mers"),
+    (NT_V2_TOKENS + ["AAAAAAA"], "cannot infer k"),
+    (["<unk>", "<pad>", "<cls>"], "cannot infer k"),
+    (NT_V2_TOKENS + ["<pad>"], "appears twice"),
+    ([t for t in NT_V2_TOKENS if t != "<pad>"], "no pad token"),
+    (["[PAD]", "[CLS]", "[SEP]"] + KMERS6, "needs '\\[UNK\\]'"),
+])
+def test_bad_vocab_files(tmp_path, tokens, match):
+    path = write_vocab(tmp_path / "vocab.txt", tokens)
+    with pytest.raises(ValueError, match=match) as e:
+        KmerTokenizer.from_vocab_file(path)
+    assert str(path) in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        KmerTokenizer.from_vocab_file(tmp_path / "missing")
+
+
+def test_vocab_file_without_pad_needs_pad_token_id(tmp_path):
+    tokens = [t for t in NT_V2_TOKENS if t != "<pad>"]
+    tok = KmerTokenizer.from_vocab_file(write_vocab(tmp_path / "vocab.txt", tokens), pad_token_id=0)
+    assert tok.pad_token_id == 0 and tok.encode_batch(["A", "ACGTACG"]).input_ids[0].tolist() == [2, 4101, 0]
