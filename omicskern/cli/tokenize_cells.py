@@ -9,7 +9,6 @@ output of another job is refused unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 
 from omicskern.cli._common import UsageError, existing_path, refuse_unless
@@ -88,12 +87,6 @@ def check_args(args: argparse.Namespace) -> None:
             existing_path(v, "--" + flag.replace("_", "-"))
 
 
-def _kwarg(cls, *names):
-    """The first of ``names`` the constructor takes (the cell tokenizers' API is being renamed)."""
-    params = inspect.signature(cls).parameters
-    return next((n for n in names if n in params), names[0])
-
-
 def make_tokenizer(args: argparse.Namespace):
     obs_columns = [c for c in args.obs_columns.split(",") if c]
     if args.method == "rank":
@@ -116,8 +109,7 @@ def make_tokenizer(args: argparse.Namespace):
         seed=args.seed or 0, truncate=args.truncate or "sample",
         filter_column=args.filter_column, obs_columns=obs_columns,
         integer_check=args.integer_check or "ignore", skip_empty=not args.keep_empty,
-        chunk_size=args.chunk_size, num_threads=args.threads,
-        **{_kwarg(BinnedValueTokenizer, "max_length", "max_len"): args.max_len})
+        chunk_size=args.chunk_size, num_threads=args.threads, max_length=args.max_len)
 
 
 def identity(args: argparse.Namespace) -> tuple[dict, dict]:
