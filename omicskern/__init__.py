@@ -17,7 +17,7 @@ _SUBMODULES = ("batch", "tokenizers", "ops", "modules", "models", "pipelines", "
 # top-level functions: name -> (module, attribute)
 _FUNCTIONS = {
     "load": ("omicskern.models.registry", "load"),  # omicskern.load(folder): model of any registered type
-    "accelerate": ("omicskern.models.accelerate", "accelerate"),  # patch a transformers model in place
+    "accelerate": ("omicskern.models.hf", "accelerate"),  # patch a transformers model in place
     "Batch": ("omicskern.batch", "Batch"),
 }
 

@@ -28,8 +28,9 @@ _EXPORTS = {
     "NucleotideTransformerConfig": "omicskern.models.nucleotide_transformer",
     "Geneformer": "omicskern.models.geneformer",
     "GeneformerConfig": "omicskern.models.geneformer",
-    "accelerate": "omicskern.models.accelerate",
-    "from_hf": "omicskern.models.accelerate",
+    "accelerate": "omicskern.models.hf",
+    "from_hf": "omicskern.models.hf",
+    "restore": "omicskern.models.hf",
 }
 
 

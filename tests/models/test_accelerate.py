@@ -8,7 +8,7 @@ import torch
 import omicskern
 import omicskern.ops.attention as attn_mod
 from omicskern.models import Geneformer, NucleotideTransformer, from_hf
-from omicskern.models.accelerate import restore
+from omicskern.models.hf import restore
 from tests.models._util import backends_on_cpu
 
 # fp32, 2 layers; observed differences ~1e-6 (reference/triton vs transformers' eager softmax)

@@ -17,7 +17,7 @@ from torch import nn
 
 import omicskern
 import omicskern.ops.fftconv as fftconv_mod
-from omicskern.models.accelerate import restore
+from omicskern.models.hf import restore
 from omicskern.modules.embeddings import BertEmbeddings
 from omicskern.modules.hyena import HyenaFilter as _OmicsHyenaFilter
 from omicskern.modules.hyena import HyenaOperator as _OmicsHyenaOperator

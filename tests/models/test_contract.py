@@ -208,3 +208,19 @@ def test_public_names():
     for name in ("DNABERT2", "HyenaDNA", "NucleotideTransformer", "Geneformer", "load", "REGISTRY", "OmicsModel"):
         assert name in dir(omicskern.models)
         getattr(omicskern.models, name)
+
+
+def test_names_are_stable():
+    """A public name means one thing before and after every submodule is imported."""
+    import importlib
+    import pkgutil
+
+    before = {n: getattr(omicskern.models, n) for n in omicskern.models.__all__}
+    top = {n: getattr(omicskern, n) for n in ("load", "accelerate", "Batch")}
+    for info in pkgutil.iter_modules(omicskern.models.__path__):
+        importlib.import_module(f"omicskern.models.{info.name}")
+    for n, v in before.items():
+        assert getattr(omicskern.models, n) is v, n
+    for n, v in top.items():
+        assert getattr(omicskern, n) is v, n
+    assert callable(omicskern.accelerate) and callable(omicskern.models.accelerate)

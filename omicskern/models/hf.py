@@ -1,4 +1,4 @@
-"""Drop-in acceleration of models users already loaded with ``transformers``, and conversion.
+"""Interop with ``transformers``: drop-in acceleration of models users already loaded, and conversion.
 
 ``accelerate(model)`` swaps the attention of a recognized model for omicskern's
 :func:`~omicskern.ops.attention.attention`, in place, and returns an :class:`AccelerateReport`
