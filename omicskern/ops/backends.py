@@ -7,17 +7,44 @@ order of preference *for the inputs at hand* (device, dtype), each with a probe.
 * ``backend`` given explicitly -> used if its probe passes, else :class:`BackendUnavailableError`;
 * otherwise ``OMICSKERN_<OP>_BACKEND`` in the environment, treated as an explicit choice;
 * otherwise the first backend in the preference order whose probe passes.
+
+Each op also lists its backends in a ``BACKENDS`` registry (``interface.py``): name ->
+:class:`Backend`, i.e. the module implementing it (a file named after the backend) and what it
+needs. Modules of backends with optional packages (``triton``, ``flash_attn``) are imported only
+when that backend is chosen, so every op imports and runs its CPU backends without them.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from omicskern.errors import BackendUnavailableError
 
 Probe = Callable[[], "str | None"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One entry of an op's ``BACKENDS`` registry.
+
+    Attributes:
+        module: the module implementing the backend (``omicskern.ops.<op>.<file named after it>``).
+        function: its entry point in that module.
+        requires: the optional package it needs (``"triton"``, ``"flash_attn"``), or None when plain
+            PyTorch is enough; such modules are imported only when the backend is chosen.
+    """
+
+    module: str
+    function: str
+    requires: str | None = None
+
+    def load(self) -> Callable:
+        """Import the module (the optional package with it) and return the entry point."""
+        return getattr(importlib.import_module(self.module), self.function)
 
 
 # Probed once at import (find_spec does not import the package). Plain module constants rather

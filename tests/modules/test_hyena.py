@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from omicskern.modules import HyenaOperator
+from omicskern.ops import backends
 
 FIXTURE = "fixtures/hyenadna_tiny"
 
@@ -185,6 +186,7 @@ def test_bad_inputs():
         op(torch.randn(1, 10, 8))
 
 
+@pytest.mark.skipif(not backends.has_triton(), reason="triton not installed")
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
 def test_triton_backends_match_torch(bidirectional):
     """The operator on the Triton kernels (interpreter on CPU) equals the torch path, grads too."""

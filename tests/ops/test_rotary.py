@@ -1,9 +1,9 @@
 """Rotary embeddings: Triton kernel vs the reference vs a hand-written float64 formula, both
 conventions, padded/packed layouts, offsets, partial rotary dims, gradients; NT-v2 fixture tables.
 
-Tolerances: the op is a 2x2 rotation per pair computed in float32, so against float64 the error
-is the output dtype's rounding, half an ulp: (atol, rtol) fp32 (2e-6, 1e-6), fp16 (1e-3, 2**-11),
-bf16 (1e-2, 2**-8).
+Tolerances (:func:`tests._numerics.assert_close` with this file's tighter ``TOL``): the op is a
+2x2 rotation per pair computed in float32, so against float64 the error is the output dtype's
+rounding, half an ulp: (atol, rtol) fp32 (2e-6, 1e-6), fp16 (1e-3, 2**-11), bf16 (1e-2, 2**-8).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from omicskern.errors import BackendUnavailableError
 from omicskern.ops import backends
 from omicskern.ops.rotary import apply_rotary, apply_rotary_ref, rotary_cos_sin
 from omicskern.ops.rotary.interface import choose_backend
+from tests._numerics import assert_close
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -67,7 +68,7 @@ def test_padded_matches_formula(shape, interleaved, dtype, backend):
         pos = torch.arange(L)[None, :] + (off.cpu()[:, None] if isinstance(off, torch.Tensor) else off)
         want = rope_formula(x.cpu(), cos, sin, pos.expand(B, L), interleaved)
         assert out.dtype == dtype and out.shape == x.shape
-        torch.testing.assert_close(out.cpu().double(), want, atol=TOL[dtype][0], rtol=TOL[dtype][1])
+        assert_close(out.cpu(), want, tol=TOL)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -85,7 +86,7 @@ def test_varlen_positions_restart(backend, interleaved):
                                          max_seqlen=113, backend=backend))
     pos = torch.cat([torch.arange(n) for n in lens])
     want = rope_formula(x.cpu()[:, None], cos, sin, pos[:, None], interleaved)[:, 0]
-    torch.testing.assert_close(out.cpu().double(), want, atol=2e-6, rtol=0)
+    assert_close(out.cpu(), want, atol=2e-6, rtol=0)
 
 
 @needs_triton
@@ -98,7 +99,7 @@ def test_triton_gradient_is_inverse_rotation(interleaved):
     gx = torch.autograd.grad(apply_rotary(x, cos, sin, interleaved=interleaved, backend="triton"), x, dy)[0]
     x64 = x.detach().double().requires_grad_(True)
     gr = torch.autograd.grad(apply_rotary_ref(x64, cos, sin, interleaved=interleaved), x64, dy.double())[0]
-    torch.testing.assert_close(gx.double(), gr, atol=2e-6, rtol=0)
+    assert_close(gx, gr, atol=2e-6, rtol=0)
 
 
 @needs_triton
@@ -142,11 +143,10 @@ def test_nt_v2_fixture_tables(shared_dir):
     inv_freq = load_file(str(fx))["esm.encoder.layer.0.attention.self.rotary_embeddings.inv_freq"]
     cos, sin = rotary_cos_sin(600, 16)
     angle = torch.outer(torch.arange(600, dtype=inv_freq.dtype), inv_freq)
-    torch.testing.assert_close(cos, angle.cos(), atol=0, rtol=0)
-    torch.testing.assert_close(sin, angle.sin(), atol=0, rtol=0)
+    assert torch.equal(cos, angle.cos()) and torch.equal(sin, angle.sin())
     ref_tables = rotary_cos_sin(600, 16, dtype=torch.float64)
     want_angle = torch.outer(torch.arange(600, dtype=torch.float64), 1.0 / 10000 ** (torch.arange(0, 16, 2) / 16.0))
-    torch.testing.assert_close(ref_tables[0], want_angle.cos(), atol=1e-4, rtol=0)  # fp32 angles
+    assert_close(ref_tables[0], want_angle.cos(), atol=1e-4, rtol=0)  # fp32 angles
     # NT-v2's rope(t) = t * cos(cat) + rotate_half(t) * sin(cat), written exactly as the README does.
     g = torch.Generator().manual_seed(3)
     q = torch.randn(3, 600, 4, 16, generator=g)
@@ -154,7 +154,7 @@ def test_nt_v2_fixture_tables(shared_dir):
     t1, t2 = q.chunk(2, dim=-1)
     want = q * emb.cos()[None, :, None] + torch.cat((-t2, t1), dim=-1) * emb.sin()[None, :, None]
     for be in _backends():
-        torch.testing.assert_close(apply_rotary(q, cos, sin, backend=be), want, atol=1e-6, rtol=0)
+        assert_close(apply_rotary(q, cos, sin, backend=be), want, atol=1e-6, rtol=0, what=be)
 
 
 def test_errors(monkeypatch):
@@ -176,13 +176,14 @@ def test_errors(monkeypatch):
     with pytest.raises(ValueError, match="positive even"):
         rotary_cos_sin(8, 15)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    if not HAS_CUDA:
+    if not HAS_CUDA and backends.has_triton():  # without triton: see test_triton_optional.py
         with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
             apply_rotary(x, cos, sin, backend="triton")
     monkeypatch.delenv("OMICSKERN_ROTARY_BACKEND", raising=False)
     assert choose_backend(x) == ("triton" if HAS_CUDA else "reference")
 
 
+@needs_triton
 @pytest.mark.gpu
 @pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
 def test_gpu_bf16_realistic(interleaved):
@@ -191,6 +192,6 @@ def test_gpu_bf16_realistic(interleaved):
     cos, sin = rotary_cos_sin(4096, 128, device="cuda")
     out = apply_rotary(x, cos, sin, interleaved=interleaved, seqlen_offset=1000, backend="triton")
     ref = apply_rotary_ref(x.detach().double(), cos, sin, interleaved=interleaved, seqlen_offset=1000)
-    torch.testing.assert_close(out.double(), ref, atol=TOL[torch.bfloat16][0], rtol=TOL[torch.bfloat16][1])
+    assert_close(out, ref, tol=TOL)
     out.sum().backward()
     assert torch.isfinite(x.grad).all()

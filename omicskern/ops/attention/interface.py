@@ -1,11 +1,15 @@
-"""Public attention op: argument checks, backend choice, and the Triton path's autograd.
+"""Public attention op: argument checks, the ``BACKENDS`` registry, backend choice and dispatch.
 
-Backends (see :mod:`omicskern.ops.backends` for the rule):
+Backends (see :mod:`omicskern.ops.backends` for the rule), each in a file named after it:
 
-* ``flash_attn``: the flash-attn package (CUDA, fp16/bf16), when importable;
-* ``triton``: omicskern's own FlashAttention-2 style kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``);
-* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with ALiBi/padding as an additive bias;
-* ``reference``: plain PyTorch math in float32 (float64 for float64 inputs).
+* ``flash_attn`` (``flash.py``): the flash-attn package (CUDA, fp16/bf16), when importable;
+* ``triton`` (``triton.py``): omicskern's own FlashAttention-2 style kernels (CUDA, or CPU under
+  ``TRITON_INTERPRET=1``), a custom op with its autograd registered there;
+* ``sdpa`` (``sdpa.py``): ``torch.nn.functional.scaled_dot_product_attention`` with ALiBi/padding as
+  an additive bias;
+* ``reference`` (``reference.py``): the plain-PyTorch definition in float32 (float64 for float64 inputs).
+
+``flash.py`` and ``triton.py`` (hence flash-attn and triton) are imported only when chosen.
 """
 
 from __future__ import annotations
@@ -17,9 +21,17 @@ from typing import Sequence
 import torch
 
 from omicskern.ops import backends
-from omicskern.ops.attention.reference import attention_ref, attention_sdpa, is_right_padded
+from omicskern.ops.attention._varlen import is_right_padded
+from omicskern.ops.attention.reference import attention_ref
+from omicskern.ops.attention.sdpa import attention_sdpa
 
-BACKENDS = ("flash_attn", "triton", "sdpa", "reference")
+_PKG = "omicskern.ops.attention"
+BACKENDS: dict[str, backends.Backend] = {  # best first on CUDA
+    "flash_attn": backends.Backend(f"{_PKG}.flash", "attention_flash", requires="flash_attn"),
+    "triton": backends.Backend(f"{_PKG}.triton", "attention_triton", requires="triton"),
+    "sdpa": backends.Backend(f"{_PKG}.sdpa", "attention_sdpa"),
+    "reference": backends.Backend(f"{_PKG}.reference", "attention_ref"),
+}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
 

@@ -1,17 +1,26 @@
 """``causal_conv1d``: depthwise causal conv with a short kernel (2-4 taps) and optional SiLU.
 
-Backends (``OMICSKERN_CAUSAL_CONV1D_BACKEND``): ``triton`` (CUDA default; CPU via the
-interpreter), ``torch`` (``F.conv1d``, CPU default), ``reference`` (float64).
+Backends (``OMICSKERN_CAUSAL_CONV1D_BACKEND``), each in a file named after it: ``triton``
+(``triton.py``, CUDA default; CPU via the interpreter; a custom op with its autograd registered
+there, imported only when chosen), ``torch`` (``torch.py``, ``F.conv1d``, CPU default),
+``reference`` (``reference.py``, float64).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from omicskern.ops import backends
+from omicskern.ops.conv1d.reference import causal_conv1d_ref
+from omicskern.ops.conv1d.torch import causal_conv1d_torch
 
 _OP = "causal_conv1d"
+_PKG = "omicskern.ops.conv1d"
+BACKENDS: dict[str, backends.Backend] = {  # best first on CUDA
+    "triton": backends.Backend(f"{_PKG}.triton", "causal_conv1d_op", requires="triton"),
+    "torch": backends.Backend(f"{_PKG}.torch", "causal_conv1d_torch"),
+    "reference": backends.Backend(f"{_PKG}.reference", "causal_conv1d_ref"),
+}
 _ACTIVATIONS = (None, "silu")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -39,17 +48,6 @@ def _check(x, weight, bias, activation):
             raise ValueError(f"causal_conv1d: {name} is on {t.device} but x is on {x.device}")
 
 
-def _torch_impl(x, weight, bias, activation):
-    K = weight.shape[1]
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32  # fp32 accumulation
-    w = weight.to(cdt).unsqueeze(1)
-    b = bias.to(cdt) if bias is not None else None
-    y = F.conv1d(x.to(cdt), w, b, padding=K - 1, groups=x.shape[1])[..., :x.shape[-1]]
-    if activation == "silu":
-        y = F.silu(y)
-    return y.to(x.dtype).contiguous()
-
-
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                   activation: str | None = None, backend: str | None = None) -> torch.Tensor:
     """Depthwise causal convolution: ``y[b,c,t] = act(bias[c] + sum_j weight[c,j] x[b,c,t-K+1+j])``.
@@ -60,7 +58,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     Args:
         x: [B, C, L]; weight: [C, K] (K = 2..4 typical, up to 8); bias: [C] or None.
         activation: None or ``"silu"`` (fused).
-        backend: ``"triton"``, ``"torch"``, ``"reference"`` or None (CUDA -> triton, CPU -> torch).
+        backend: ``"triton"``, ``"torch"``, ``"reference"`` or None (CUDA -> triton, CPU -> torch);
+            ``OMICSKERN_CAUSAL_CONV1D_BACKEND`` overrides None.
     Returns:
         [B, C, L] in x's dtype (fp32 accumulation).
 
@@ -72,6 +71,18 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if x.numel() == 0:  # B = 0 or C = 0: empty output, zero gradients for every input
         y = x * 0 + weight.sum() * 0
         return (y + bias.sum() * 0 if bias is not None else y).to(x.dtype)
+    name = choose_backend(x, weight, backend=backend)
+    if name == "reference":
+        return causal_conv1d_ref(x, weight, bias, activation).to(x.dtype)
+    if name == "torch":
+        return causal_conv1d_torch(x, weight, bias, activation)
+    from omicskern.ops.conv1d.triton import causal_conv1d_op
+
+    return causal_conv1d_op(x, weight, bias, activation == "silu")
+
+
+def choose_backend(x: torch.Tensor, weight: torch.Tensor, *, backend: str | None = None) -> str:
+    """The backend :func:`causal_conv1d` would use for inputs like ``x``, ``weight``."""
 
     def triton_probe():
         reason = backends.triton_probe(x.device.type)
@@ -83,13 +94,4 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     probes = {"triton": triton_probe, "torch": lambda: None, "reference": lambda: None}
     preference = ["triton", "torch"] if x.device.type == "cuda" else ["torch"]
-    name = backends.choose(_OP, backend, probes, preference)
-    if name == "reference":
-        from omicskern.ops.conv1d.reference import causal_conv1d_ref
-
-        return causal_conv1d_ref(x, weight, bias, activation).to(x.dtype)
-    if name == "torch":
-        return _torch_impl(x, weight, bias, activation)
-    from omicskern.ops.conv1d.triton import causal_conv1d_op
-
-    return causal_conv1d_op(x, weight, bias, activation == "silu")
+    return backends.choose(_OP, backend, probes, preference)

@@ -1,4 +1,9 @@
-"""Public rotary-embedding op: checks, backend choice (triton / reference)."""
+"""Public rotary-embedding op: checks, the ``BACKENDS`` registry, backend choice and dispatch.
+
+Backends (``OMICSKERN_ROTARY_BACKEND``), each in a file named after it: ``triton`` (``triton.py``,
+a fused kernel registered as a custom op with its autograd there; CUDA default, CPU via the
+interpreter; imported only when chosen) and ``reference`` (``reference.py``, float32 math).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,11 @@ import torch
 from omicskern.ops import backends
 from omicskern.ops.rotary.reference import apply_rotary_ref
 
-BACKENDS = ("triton", "reference")
+_PKG = "omicskern.ops.rotary"
+BACKENDS: dict[str, backends.Backend] = {  # best first on CUDA
+    "triton": backends.Backend(f"{_PKG}.triton", "apply_rotary_triton", requires="triton"),
+    "reference": backends.Backend(f"{_PKG}.reference", "apply_rotary_ref"),
+}
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
@@ -47,6 +56,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inter
 
 
 def choose_backend(x: torch.Tensor, *, backend: str | None = None) -> str:
+    """The backend :func:`apply_rotary` would use for an input like ``x`` (see :func:`apply_rotary`)."""
     dev = x.device.type
 
     def triton_probe():

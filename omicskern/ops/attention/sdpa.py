@@ -1,0 +1,62 @@
+"""The ``sdpa`` backend: ``torch.nn.functional.scaled_dot_product_attention`` (any device, plain PyTorch).
+
+ALiBi and the key padding mask become one additive bias; packed (varlen) inputs are padded first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from omicskern.ops.attention.reference import _masked_out
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                   alibi_slopes: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                   max_seqlen: int | None = None, key_padding_mask: torch.Tensor | None = None,
+                   softmax_scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """The same op through ``torch.nn.functional.scaled_dot_product_attention``.
+
+    ALiBi and the key padding mask become one additive bias tensor ``[B, H, L, L]`` in q's dtype
+    (what DNABERT-2 users fall back to); packed inputs are padded to ``max_seqlen`` first.
+    """
+    if cu_seqlens is not None:
+        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        L = int(max_seqlen) if max_seqlen is not None else int(lens.max().item()) if lens.numel() else 0
+        qp, kmask, idx = _pad(q, cu_seqlens, lens, L)
+        kp, _, _ = _pad(k, cu_seqlens, lens, L)
+        vp, _, _ = _pad(v, cu_seqlens, lens, L)
+        outp = attention_sdpa(qp, kp, vp, causal=causal, alibi_slopes=alibi_slopes,
+                              key_padding_mask=kmask, softmax_scale=softmax_scale, dropout_p=dropout_p)
+        return outp.reshape(-1, *outp.shape[2:])[idx]
+    B, L, H, D = q.shape
+    Hk = k.shape[2]
+    if Hk != H:
+        k = k.repeat_interleave(H // Hk, dim=2)
+        v = v.repeat_interleave(H // Hk, dim=2)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    bias = None
+    if alibi_slopes is not None or key_padding_mask is not None:
+        bias = torch.zeros(1, 1, L, L, device=q.device, dtype=torch.float32)
+        if alibi_slopes is not None:
+            pos = torch.arange(L, device=q.device)
+            dist = (pos[:, None] - pos[None, :]).abs().float()
+            bias = bias - alibi_slopes.to(device=q.device, dtype=torch.float32)[None, :, None, None] * dist
+        bias = bias.masked_fill(_masked_out(L, causal, key_padding_mask, q.device), float("-inf")).to(q.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        qt, kt, vt, attn_mask=bias, dropout_p=dropout_p,
+        is_causal=bool(causal and bias is None), scale=softmax_scale)
+    out = out.transpose(1, 2)
+    if key_padding_mask is not None:
+        out = out.masked_fill(~key_padding_mask[:, :, None, None], 0.0)
+    return out
+
+
+def _pad(x: torch.Tensor, cu_seqlens: torch.Tensor, lens: torch.Tensor, L: int):
+    """[T, ...] packed -> [N, L, ...] right-padded with zeros, the key mask, and the flat row index."""
+    N = lens.numel()
+    pos = torch.arange(L, device=x.device)
+    mask = pos[None, :] < lens.to(x.device)[:, None]
+    idx = (torch.arange(N, device=x.device)[:, None] * L + pos[None, :])[mask]
+    out = x.new_zeros(N * L, *x.shape[1:])
+    out = out.index_copy(0, idx, x)
+    return out.reshape(N, L, *x.shape[1:]), mask, idx
