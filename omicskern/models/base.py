@@ -39,6 +39,7 @@ from torch import nn
 
 from omicskern.batch import Batch, PaddedBatch
 from omicskern.errors import CheckpointError
+from omicskern.ops.packing import row_ids
 
 POOLINGS = ("mean", "cls", "last", "max")
 KINDS = ("masked_lm", "causal_lm", "cell")
@@ -96,15 +97,9 @@ class EmbedOutput:
 
     def to_padded(self, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """``([N, L, C] right-padded states, [N, L] bool mask)``."""
-        cu = self.cu_seqlens.long()
-        lengths = cu[1:] - cu[:-1]
-        n, width = lengths.numel(), int(lengths.max()) if lengths.numel() else 0
-        rows = torch.repeat_interleave(torch.arange(n, device=cu.device), lengths)
-        cols = torch.arange(self.tokens.shape[0], device=cu.device) - torch.repeat_interleave(cu[:-1], lengths)
-        out = self.tokens.new_full((n, width, self.tokens.shape[1]), fill)
-        mask = torch.zeros(n, width, dtype=torch.bool, device=cu.device)
-        out[rows, cols] = self.tokens
-        mask[rows, cols] = True
+        from omicskern.ops.packing import pad_packed
+
+        out, mask, _ = pad_packed(self.tokens, self.cu_seqlens, fill=fill)
         return out, mask
 
 
@@ -115,13 +110,6 @@ def as_tensor(x, *, device=None, name: str = "input") -> torch.Tensor:
     if isinstance(x, (np.ndarray, list, tuple)):
         return torch.as_tensor(np.asarray(x), device=device)
     raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
-
-
-def rows_of_tokens(cu: torch.Tensor, total: int) -> torch.Tensor:
-    """int64 ``[T]``: the row of each token of a ragged layout."""
-    cu = cu.long()
-    return torch.repeat_interleave(torch.arange(cu.numel() - 1, device=cu.device), cu[1:] - cu[:-1],
-                                   output_size=total)
 
 
 def pool_rows(h: torch.Tensor, cu: torch.Tensor, pooling: str, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,7 +125,7 @@ def pool_rows(h: torch.Tensor, cu: torch.Tensor, pooling: str, weights: torch.Te
         return h[cu[:-1]]
     if pooling == "last":
         return h[cu[1:] - 1]
-    rid = rows_of_tokens(cu, t)
+    rid = row_ids(cu, t)
     if weights is not None:
         keep = weights.to(device=h.device, dtype=torch.bool)
         cnt = torch.zeros(n, device=h.device, dtype=torch.long).index_add_(0, rid, keep.long())

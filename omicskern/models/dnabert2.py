@@ -25,7 +25,7 @@ from omicskern.models.base import ModelOutput, OmicsModel, find_file, pool_rows
 from omicskern.modules.bert import AlibiBertLayer, set_attention_backend
 from omicskern.modules.embeddings import BertEmbeddings
 from omicskern.modules.mlp import gelu_erf, init_linear_
-from omicskern.modules.padding import Packing, packing_from_mask
+from omicskern.ops.packing import Packing, packing_from_mask
 from omicskern.ops.attention import alibi_slopes
 
 

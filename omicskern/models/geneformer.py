@@ -27,7 +27,7 @@ from omicskern.models.base import ModelOutput, OmicsModel, find_file, pool_rows
 from omicskern.modules.bert import BertLayer, set_attention_backend
 from omicskern.modules.embeddings import BertEmbeddings
 from omicskern.modules.mlp import activation, init_linear_
-from omicskern.modules.padding import packing_from_mask, positions_in_rows
+from omicskern.ops.packing import packing_from_mask, positions_in_rows
 
 
 @dataclass

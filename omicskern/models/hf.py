@@ -98,7 +98,7 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
     if attention_mask is not None and not getattr(attention_mask, "_omicskern_right_padded", True) and not causal:
         # left/irregular padding: pack the real tokens and run varlen (valid for any padding layout
         # here because positions were already applied: absolute embeddings or rotary on q/k)
-        from omicskern.modules.padding import packing_from_mask
+        from omicskern.ops.packing import packing_from_mask
 
         pk = getattr(attention_mask, "_omicskern_packing", None)
         if pk is None:
@@ -168,7 +168,7 @@ def _dnabert2_encoder_forward(self, hidden_states, attention_mask, output_all_en
                               subset_mask=None):
     """Replaces DNABERT-2's ``BertEncoder.forward`` with the same inputs and outputs, minus the
     ``[B, H, L, L]`` ALiBi + mask bias (the patched attention does not read it)."""
-    from omicskern.modules.padding import packing_from_mask
+    from omicskern.ops.packing import packing_from_mask
 
     batch, seqlen = hidden_states.shape[:2]
     pk = packing_from_mask(attention_mask)

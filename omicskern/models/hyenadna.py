@@ -31,6 +31,7 @@ from omicskern.models._common import check_ids, finish_load
 from omicskern.models._loading import WEIGHT_FILES, load_strict, read_state_dict
 from omicskern.models.base import ModelOutput, OmicsModel, as_tensor
 from omicskern.modules.hyena import HyenaOperator
+from omicskern.ops.packing import pad_packed
 
 # HyenaOperator keyword arguments a config's "layer" block may set
 _OP_KEYS = ("emb_dim", "filter_order", "w", "num_inner_mlps", "modulate", "fast_decay_pct", "slow_decay_pct",
@@ -290,15 +291,9 @@ class HyenaDNA(OmicsModel):
     def _encode(self, ids, cu, max_len, keep_states):
         # Right padding inside the batch: a causal model's real positions never see what follows
         # them, so each row's outputs are the ones it gets alone.
-        cu64 = cu.long()
-        lengths = cu64[1:] - cu64[:-1]
-        n = lengths.numel()
-        rows = torch.repeat_interleave(torch.arange(n, device=ids.device), lengths, output_size=ids.numel())
-        cols = torch.arange(ids.numel(), device=ids.device) - cu64[:-1][rows]
-        pad = torch.full((n, max_len), 4, dtype=ids.dtype, device=ids.device)  # [PAD]
-        pad[rows, cols] = ids
+        pad, _, idx = pad_packed(ids, cu, max_len, fill=4)  # [PAD]; never seen by a real position
         h, states = self.backbone(pad, keep_states=keep_states)
-        take = lambda x: x[rows, cols]  # noqa: E731
+        take = lambda x: x.reshape(-1, x.shape[-1])[idx]  # noqa: E731
         return take(h), (None if states is None else [take(s) for s in states])
 
     def _lm_head(self, h):

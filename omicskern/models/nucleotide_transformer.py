@@ -32,7 +32,7 @@ from omicskern.models.base import ModelOutput, OmicsModel, find_file
 from omicskern.modules.bert import EsmLayer, set_attention_backend
 from omicskern.modules.embeddings import EsmEmbeddings
 from omicskern.modules.mlp import gelu_erf, init_linear_
-from omicskern.modules.padding import packing_from_mask, row_ids
+from omicskern.ops.packing import packing_from_mask, row_ids
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Unpadded encoder layers: DNABERT-2's ALiBi BERT, transformers' BERT and ESM/NT.
 
 Every layer works on packed tokens ``x: [T, C]`` with ``cu_seqlens: int32 [N+1]`` and
-``max_seqlen`` (see :mod:`omicskern.modules.padding`): the projections and MLPs run on real tokens
+``max_seqlen`` (see :mod:`omicskern.ops.packing`): the projections and MLPs run on real tokens
 only and the attention op runs varlen, so neither FLOPs nor memory go to padding and no
 ``[B, H, L, L]`` bias or mask is built. Parameter names follow the released checkpoints
 (``attention.self.Wqkv`` for DNABERT-2, ``attention.self.query`` ... for BERT/ESM), so a

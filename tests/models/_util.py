@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,14 +11,16 @@ import torch
 
 def backends_on_cpu(op: str) -> list[str]:
     """Every backend of ``omicskern.ops.<op>`` that can run on CPU here (Triton via the interpreter,
-    which tests/conftest.py turns on), so model parity tests exercise all of them."""
-    mod = importlib.import_module(f"omicskern.ops.{op}")
-    names = list(getattr(mod, "BACKENDS", None) or importlib.import_module(f"omicskern.ops.{op}.interface").BACKENDS)
+    which tests/conftest.py turns on, when triton is installed), so model parity tests exercise
+    all of them."""
+    from omicskern.ops import backends
+
+    table = importlib.import_module(f"omicskern.ops.{op}.interface").BACKENDS
     out = []
-    for name in names:
-        if name in ("flash_attn", "cuda"):
+    for name, be in table.items():
+        if be.requires == "triton" and backends.triton_probe("cpu") is not None:
             continue
-        if name == "triton" and importlib.util.find_spec(f"omicskern.ops.{op}.triton") is None:
+        if be.requires not in (None, "triton"):  # flash_attn and other CUDA-only packages
             continue
         out.append(name)
     return out

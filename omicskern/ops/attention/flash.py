@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from omicskern.errors import BackendUnavailableError
-from omicskern.ops.attention._varlen import unpad_right_padded
+from omicskern.ops.packing import unpad_right_padded
 
 
 def _flash():

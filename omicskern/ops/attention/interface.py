@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from omicskern.ops import backends
-from omicskern.ops.attention._varlen import is_right_padded
+from omicskern.ops.packing import is_right_padded
 from omicskern.ops.attention.reference import attention_ref
 from omicskern.ops.attention.sdpa import attention_sdpa
 

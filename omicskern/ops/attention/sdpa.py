@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from omicskern.ops.attention.reference import _masked_out
+from omicskern.ops.packing import pad_packed
 
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -22,9 +23,9 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if cu_seqlens is not None:
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         L = int(max_seqlen) if max_seqlen is not None else int(lens.max().item()) if lens.numel() else 0
-        qp, kmask, idx = _pad(q, cu_seqlens, lens, L)
-        kp, _, _ = _pad(k, cu_seqlens, lens, L)
-        vp, _, _ = _pad(v, cu_seqlens, lens, L)
+        qp, kmask, idx = pad_packed(q, cu_seqlens, L)
+        kp, _, _ = pad_packed(k, cu_seqlens, L)
+        vp, _, _ = pad_packed(v, cu_seqlens, L)
         outp = attention_sdpa(qp, kp, vp, causal=causal, alibi_slopes=alibi_slopes,
                               key_padding_mask=kmask, softmax_scale=softmax_scale, dropout_p=dropout_p)
         return outp.reshape(-1, *outp.shape[2:])[idx]
@@ -51,12 +52,3 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     return out
 
 
-def _pad(x: torch.Tensor, cu_seqlens: torch.Tensor, lens: torch.Tensor, L: int):
-    """[T, ...] packed -> [N, L, ...] right-padded with zeros, the key mask, and the flat row index."""
-    N = lens.numel()
-    pos = torch.arange(L, device=x.device)
-    mask = pos[None, :] < lens.to(x.device)[:, None]
-    idx = (torch.arange(N, device=x.device)[:, None] * L + pos[None, :])[mask]
-    out = x.new_zeros(N * L, *x.shape[1:])
-    out = out.index_copy(0, idx, x)
-    return out.reshape(N, L, *x.shape[1:]), mask, idx

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from omicskern.ops import backends
-from omicskern.ops.attention._varlen import unpad_right_padded
+from omicskern.ops.packing import unpad_right_padded
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453

@@ -1,4 +1,6 @@
-"""Packing padded batches into token streams and back (the varlen layout of the attention op).
+"""The one pad/unpad implementation on tensors: padded batches <-> packed token streams.
+
+(The numpy side is :meth:`omicskern.batch.Batch.to_padded` / :meth:`~omicskern.batch.PaddedBatch.to_ragged`.)
 
 A padded batch ``[B, L, ...]`` with a 0/1 ``attention_mask`` becomes ``[T, ...]`` (T = number of
 real tokens) plus ``cu_seqlens`` (int32 ``[B+1]``, row starts) -- the layout
@@ -73,23 +75,6 @@ def full_packing(batch: int, seqlen: int, device: torch.device | str = "cpu") ->
     return Packing(torch.arange(batch * seqlen, device=device), cu, seqlen, batch, seqlen)
 
 
-def cu_seqlens_from_offsets(offsets: torch.Tensor | list) -> tuple[torch.Tensor, int]:
-    """Ragged CSR offsets ``[N+1]`` (e.g. a tokenizer's output) -> (int32 cu_seqlens, max_seqlen).
-
-    Offsets must start at 0 and never decrease; empty rows are allowed.
-    """
-    off = torch.as_tensor(offsets)
-    if off.dim() != 1 or off.numel() < 1:
-        raise ValueError(f"offsets must be 1-D with N+1 entries, got shape {tuple(off.shape)}")
-    if int(off[0]) != 0:
-        raise ValueError(f"offsets must start at 0, got {int(off[0])}")
-    d = off[1:] - off[:-1]
-    if d.numel() and int(d.min()) < 0:
-        i = int(torch.nonzero(d < 0)[0])
-        raise ValueError(f"offsets must not decrease: offsets[{i}]={int(off[i])} > offsets[{i + 1}]={int(off[i + 1])}")
-    return off.to(torch.int32), int(d.max()) if d.numel() else 0
-
-
 def positions_in_rows(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """int64 ``[T]``: index of each packed token inside its own row (0..len-1)."""
     cu = cu_seqlens.long()
@@ -105,17 +90,44 @@ def row_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
                                    output_size=total)
 
 
-def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of ``x: [T, C]`` over each row -> ``[N, C]``, accumulated in fp32.
+def pad_packed(x: torch.Tensor, cu_seqlens: torch.Tensor, length: int | None = None, fill: float = 0.0):
+    """``[T, ...]`` packed rows -> (``[N, L, ...]`` right-padded with ``fill``, bool mask ``[N, L]``,
+    int64 flat indices ``[T]`` into ``N * L``). ``L`` defaults to the longest row."""
+    cu = cu_seqlens.long()
+    lens = cu[1:] - cu[:-1]
+    n = lens.numel()
+    L = (int(lens.max()) if n else 0) if length is None else int(length)
+    pos = torch.arange(L, device=x.device)
+    mask = pos[None, :] < lens.to(x.device)[:, None]
+    idx = (torch.arange(n, device=x.device)[:, None] * L + pos[None, :])[mask]
+    out = x.new_full((n * L, *x.shape[1:]), fill)
+    out = out.index_copy(0, idx, x)
+    return out.reshape(n, L, *x.shape[1:]), mask, idx
 
-    ``weights: [T]`` (0/1) restricts the mean to selected tokens; a row with no selected token
-    gives NaN (there is no mean of nothing, and 0 would be silently wrong).
+
+def is_right_padded(key_padding_mask: torch.Tensor) -> bool:
+    """Every row is True...True then False...False (one device sync)."""
+    L = key_padding_mask.shape[1]
+    lens = key_padding_mask.sum(dim=1)
+    return torch.equal(key_padding_mask, torch.arange(L, device=key_padding_mask.device)[None, :] < lens[:, None])
+
+
+def unpad_right_padded(key_padding_mask: torch.Tensor, backend: str):
+    """Row index of real tokens in the flattened ``[B * L]`` batch, ``cu_seqlens`` and max length.
+
+    Only right padding keeps every token's position (hence its ALiBi/causal distances) when the
+    batch is packed, so other masks raise.
     """
-    t = x.shape[0]
-    n = cu_seqlens.numel() - 1
-    rid = row_ids(cu_seqlens, t)
-    w = torch.ones(t, device=x.device, dtype=torch.float32) if weights is None else weights.float()
-    s = torch.zeros(n, x.shape[1], device=x.device, dtype=torch.float32)
-    s.index_add_(0, rid, x.float() * w[:, None])
-    cnt = torch.zeros(n, device=x.device, dtype=torch.float32).index_add_(0, rid, w)
-    return (s / cnt[:, None]).to(x.dtype)
+    B, L = key_padding_mask.shape
+    lens = key_padding_mask.sum(dim=1, dtype=torch.int32)
+    pos = torch.arange(L, device=key_padding_mask.device)
+    prefix = pos[None, :] < lens[:, None]
+    if not torch.equal(key_padding_mask, prefix):
+        bad = int((key_padding_mask != prefix).any(dim=1).nonzero()[0, 0].item())
+        raise ValueError(f"attention(backend={backend!r}): key_padding_mask row {bad} is not right "
+                         "padding (True then False); positions would shift when unpadded. Use "
+                         "backend='sdpa' or 'reference' for arbitrary masks.")
+    cu = torch.nn.functional.pad(torch.cumsum(lens, 0, dtype=torch.int32), (1, 0))
+    idx = key_padding_mask.reshape(-1).nonzero().squeeze(1)
+    max_len = int(lens.max().item()) if B > 0 else 0
+    return idx, cu, max_len
