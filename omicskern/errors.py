@@ -45,3 +45,9 @@ class BackendUnavailableError(OmicskernError, RuntimeError):
 class NoMatchingGenesError(OmicskernError, ValueError):
     """No gene of the input is in the tokenizer's dictionary / vocabulary (the message gives
     examples of both sides and the column the gene keys came from)."""
+
+
+class UnknownTokensWarning(UserWarning):
+    """Most tokens of a result are the unknown token (e.g. lower-case input and a BPE vocabulary
+    without lower-case tokens). The message gives the fraction and the likely cause; the ids are
+    unchanged. Silence it with ``warnings.simplefilter("ignore", UnknownTokensWarning)``."""

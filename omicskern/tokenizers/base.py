@@ -22,12 +22,6 @@ SeqLike = Union[str, bytes, bytearray]
 _COMPLEMENT = bytes.maketrans(b"ACGTUNRYKMSWBDHVacgtunrykmswbdhv", b"TGCAANYRMKSWVHDBtgcaanyrmkswvhdb")
 
 
-class UnknownTokensWarning(UserWarning):
-    """Most tokens of a result are the unknown token (e.g. lower-case input and a BPE vocabulary
-    without lower-case tokens). The message gives the fraction and the likely cause; the ids are
-    unchanged. Silence it with ``warnings.simplefilter("ignore", UnknownTokensWarning)``."""
-
-
 def _check_side(side: str, what: str) -> bool:
     if side not in ("right", "left"):
         raise ValueError(f"{what} must be 'right' or 'left', got {side!r}")

@@ -21,9 +21,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from omicskern._native import load_C
+from omicskern.errors import UnknownTokensWarning
 from omicskern.io.fasta import iter_records
 from omicskern.tokenizers._dna import user_stacklevel
-from omicskern.tokenizers.base import SequenceTokenizer, UnknownTokensWarning
+from omicskern.tokenizers.base import SequenceTokenizer
 from omicskern.tokenizers.hf_json import BpeSpec, build_tokenizer_json, parse_tokenizer_json
 
 __all__ = ["BPETokenizer"]

@@ -20,12 +20,12 @@ tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
 
 from omicskern.errors import InvalidSequenceError  # noqa: E402
-from omicskern.tokenizers.base import UnknownTokensWarning  # noqa: E402
+from omicskern.errors import UnknownTokensWarning  # noqa: E402
 from omicskern.tokenizers.bpe import BPETokenizer  # noqa: E402
 
 # Parity inputs include lower case and unknown characters on purpose; their (expected) warning is
 # tested on its own below (pytest.warns records it whatever this filter says).
-pytestmark = pytest.mark.filterwarnings("ignore::omicskern.tokenizers.base.UnknownTokensWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::omicskern.errors.UnknownTokensWarning")
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DNABERT2 = DATA / "dnabert2_tokenizer.json"

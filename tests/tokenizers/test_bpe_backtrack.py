@@ -24,7 +24,7 @@ from .test_bpe import DNABERT2, SPECIALS, assert_parity, random_dna  # noqa: E40
 
 ENGINES = ("backtrack", "auto", "heap")
 # N / lower-case interruptions are parity inputs here; their UnknownTokensWarning is tested in test_bpe.py
-pytestmark = pytest.mark.filterwarnings("ignore::omicskern.tokenizers.base.UnknownTokensWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::omicskern.errors.UnknownTokensWarning")
 
 
 def random_vocab(seed: int, vocab_size: int, alphabet: str, whitespace: bool) -> tuple[BPETokenizer, Tokenizer]:
