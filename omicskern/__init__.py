@@ -31,8 +31,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'omicskern' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_FUNCTIONS) | set(_SUBMODULES))
-
-
 __all__ = ["__version__", *_FUNCTIONS, *_SUBMODULES]
+
+
+def __dir__() -> list[str]:  # the public names only
+    return sorted(__all__)

@@ -40,8 +40,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'omicskern.models' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
 __all__ = list(_EXPORTS)
+
+
+def __dir__() -> list[str]:  # the public names only
+    return sorted(__all__)

@@ -27,3 +27,7 @@ def __getattr__(name: str):
 
 
 __all__ = list(_LAZY)
+
+
+def __dir__() -> list[str]:  # the public names only
+    return sorted(__all__)
