@@ -51,3 +51,7 @@ class UnknownTokensWarning(UserWarning):
     """Most tokens of a result are the unknown token (e.g. lower-case input and a BPE vocabulary
     without lower-case tokens). The message gives the fraction and the likely cause; the ids are
     unchanged. Silence it with ``warnings.simplefilter("ignore", UnknownTokensWarning)``."""
+
+
+class JobMismatchError(OmicskernError, ValueError):
+    """The output path holds the output of another job (or something that is not an output)."""

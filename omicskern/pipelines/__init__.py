@@ -16,7 +16,7 @@ _LAZY = {
     "tokenize_cells": "omicskern.pipelines.tokenize",
     "TokenizeResult": "omicskern.pipelines.tokenize",
     "JobKey": "omicskern.pipelines.jobs",
-    "JobMismatchError": "omicskern.pipelines.jobs",
+    "JobMismatchError": "omicskern.errors",
     "Manifest": "omicskern.pipelines.jobs",
     "ShardedJob": "omicskern.pipelines.jobs",
     "atomic_write": "omicskern.pipelines.jobs",

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from omicskern.errors import OmicskernError
+from omicskern.errors import JobMismatchError
 from omicskern.pipelines.units import WorkUnit, split_by_rank
 
 __all__ = ["JobKey", "JobMismatchError", "Manifest", "ShardedJob", "atomic_write", "atomic_write_text",
@@ -45,10 +45,6 @@ MANIFEST_FORMAT = "omicskern.job/1"
 #: Name under which single-file outputs store their job (npz member, parquet metadata key,
 #: ``<name>.json`` inside a datasets folder).
 JOB_MEMBER = "omicskern_job"
-
-
-class JobMismatchError(OmicskernError, ValueError):
-    """The output path holds the output of another job (or something that is not an output)."""
 
 
 def canonical_json(obj) -> str:
