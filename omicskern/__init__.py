@@ -9,30 +9,16 @@ embeds.
 
 from __future__ import annotations
 
-import importlib
+from omicskern._lazy import lazy_names
 
 __version__ = "0.1.0"
 
 _SUBMODULES = ("batch", "tokenizers", "ops", "modules", "models", "pipelines", "io", "errors")
-# top-level functions: name -> (module, attribute)
-_FUNCTIONS = {
-    "load": ("omicskern.models.registry", "load"),  # omicskern.load(folder): model of any registered type
-    "accelerate": ("omicskern.models.hf", "accelerate"),  # patch a transformers model in place
-    "Batch": ("omicskern.batch", "Batch"),
+_LAZY = {
+    "load": "omicskern.models.registry",  # omicskern.load(folder): the model of any registered type
+    "accelerate": "omicskern.models.hf",  # patch a transformers model in place
+    "Batch": "omicskern.batch",
 }
 
-
-def __getattr__(name: str):
-    if name in _FUNCTIONS:
-        mod, attr = _FUNCTIONS[name]
-        return getattr(importlib.import_module(mod), attr)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"omicskern.{name}")
-    raise AttributeError(f"module 'omicskern' has no attribute {name!r}")
-
-
-__all__ = ["__version__", *_FUNCTIONS, *_SUBMODULES]
-
-
-def __dir__() -> list[str]:  # the public names only
-    return sorted(__all__)
+__getattr__, __dir__, _public = lazy_names(__name__, _LAZY, _SUBMODULES)
+__all__ = ["__version__", *_public]

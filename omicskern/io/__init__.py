@@ -5,7 +5,7 @@ load lazily, so ``import omicskern.io`` imports nothing heavy."""
 
 from __future__ import annotations
 
-import importlib
+from omicskern._lazy import lazy_names
 
 _LAZY = {
     "FastaFile": "omicskern.io.fasta",
@@ -25,15 +25,4 @@ _LAZY = {
     "to_arrow": "omicskern.io.writers",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'omicskern.io' has no attribute {name!r}")
-
-
-__all__ = list(_LAZY)
-
-
-def __dir__() -> list[str]:  # the public names only
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, _LAZY)

@@ -10,9 +10,9 @@ one. Names load lazily.
 
 from __future__ import annotations
 
-import importlib
+from omicskern._lazy import lazy_names
 
-_EXPORTS = {
+_LAZY = {
     "OmicsModel": "omicskern.models.base",
     "ModelOutput": "omicskern.models.base",
     "EmbedOutput": "omicskern.models.base",
@@ -33,15 +33,4 @@ _EXPORTS = {
     "restore": "omicskern.models.hf",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'omicskern.models' has no attribute {name!r}")
-
-
-__all__ = list(_EXPORTS)
-
-
-def __dir__() -> list[str]:  # the public names only
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, _LAZY)

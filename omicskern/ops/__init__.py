@@ -25,18 +25,8 @@ CPU without them (a named backend that cannot run raises
 
 from __future__ import annotations
 
-import importlib
+from omicskern._lazy import lazy_names
 
-__all__ = ["attention", "backends", "conv1d", "fftconv", "rotary"]
-
-
-def __getattr__(name: str):
-    if name in __all__:
-        # importing sets the attribute on this package, so later lookups bypass __getattr__ and
-        # see the same module object
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | {n for n in globals() if n.startswith("__")})
+# importing a submodule sets the attribute on this package, so later lookups bypass __getattr__
+# and see the same module object
+__getattr__, __dir__, __all__ = lazy_names(__name__, {}, ("attention", "backends", "conv1d", "fftconv", "rotary"))

@@ -9,7 +9,7 @@ Layering: tokenizers -> ops -> modules -> models -> pipelines -> cli; ``omicsker
 
 from __future__ import annotations
 
-import importlib
+from omicskern._lazy import lazy_names
 
 _LAZY = {
     "tokenize_fasta": "omicskern.pipelines.tokenize",
@@ -24,15 +24,4 @@ _LAZY = {
     "split_by_rank": "omicskern.pipelines.units",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'omicskern.pipelines' has no attribute {name!r}")
-
-
-__all__ = list(_LAZY)
-
-
-def __dir__() -> list[str]:  # the public names only
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, _LAZY)

@@ -5,7 +5,7 @@ Names load lazily, so ``import omicskern.tokenizers`` does not build or load any
 
 from __future__ import annotations
 
-import importlib
+from omicskern._lazy import lazy_names
 
 _LAZY = {
     "Batch": "omicskern.batch",
@@ -19,15 +19,4 @@ _LAZY = {
     "BinnedValueTokenizer": "omicskern.tokenizers.binned_value",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'omicskern.tokenizers' has no attribute {name!r}")
-
-
-__all__ = list(_LAZY)
-
-
-def __dir__() -> list[str]:  # the public names only
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_names(__name__, _LAZY)
