@@ -50,9 +50,10 @@ class BpeModel:
     def compatible(self, x: int, y: int) -> bool:
         """Backtracking's pair test: BPE of the two valid tokens' concatenation gives them back (tests)."""
     def encode(self, seqs: list[str | bytes], num_threads: int = 0, return_soft_mask: bool = False,
-               uppercase: bool = False, algo: int = 0
+               uppercase: bool = False, algo: int = 0, return_spans: bool = False
                ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]:
         """Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids.
+        return_spans: a 4th item, int64 [T, 2]: each token's [start, end) byte offsets in its sequence.
         algo: 0 auto (backtracking where it applies, else 5), 1 heap (HF's algorithm), 2 bucket queue,
         3 bucket/heap with tiny windows (tests), 4 backtracking (else 5), 5 bucket/heap with windows."""
 def bpe_train(seqs: list[str | bytes], vocab_size: int, special_tokens: list[str], min_frequency: int = 0,

@@ -117,7 +117,7 @@ std::shared_ptr<BpeModel> make_model(int64_t vocab_size, const std::vector<CharT
 }
 
 py::tuple encode(const BpeModel& m, const py::object& seqs, int num_threads, bool return_soft_mask, bool uppercase,
-                 int algo) {
+                 int algo, bool return_spans) {
     if (algo < 0 || algo > 5)
         throw py::value_error("algo must be 0 (auto), 1 (heap), 2 (bucket), 3 (small windows), 4 (backtrack) or "
                               "5 (windows)");
@@ -125,15 +125,26 @@ py::tuple encode(const BpeModel& m, const py::object& seqs, int num_threads, boo
     const int64_t n = static_cast<int64_t>(views.size());
     std::vector<std::vector<int32_t>> parts(static_cast<size_t>(n));
     std::vector<std::vector<uint8_t>> soft_parts(return_soft_mask ? static_cast<size_t>(n) : 0);
+    std::vector<std::vector<int64_t>> span_parts(return_spans ? static_cast<size_t>(n) : 0);
     Ragged r;
     std::vector<uint8_t> soft;
+    std::vector<int64_t> spans;
     {
         py::gil_scoped_release release;
         parallel_for(n, num_threads, [&](int64_t i) {
             parts[i].reserve(static_cast<size_t>(views[i].size / 4 + 4));
             encode_sequence(m, views[i].data, views[i].size, i, algo, uppercase, parts[i],
-                            return_soft_mask ? &soft_parts[i] : nullptr);
+                             return_soft_mask ? &soft_parts[i] : nullptr, return_spans ? &span_parts[i] : nullptr);
         });
+        if (return_spans) {
+            std::vector<int64_t> at(static_cast<size_t>(n) + 1, 0);
+            for (int64_t i = 0; i < n; ++i) at[i + 1] = at[i] + static_cast<int64_t>(span_parts[i].size());
+            spans.resize(static_cast<size_t>(at[n]));
+            parallel_for(n, num_threads, [&](int64_t i) {
+                std::copy(span_parts[i].begin(), span_parts[i].end(), spans.begin() + at[i]);
+                std::vector<int64_t>().swap(span_parts[i]);
+            });
+        }
         if (return_soft_mask) {
             size_t total = 0;
             for (const auto& s : soft_parts) total += s.size();
@@ -147,7 +158,11 @@ py::tuple encode(const BpeModel& m, const py::object& seqs, int num_threads, boo
     }
     py::object soft_out = py::none();
     if (return_soft_mask) soft_out = to_numpy(std::move(soft));
-    return py::make_tuple(to_numpy(std::move(r.ids)), to_numpy(std::move(r.offsets)), soft_out);
+    if (!return_spans) return py::make_tuple(to_numpy(std::move(r.ids)), to_numpy(std::move(r.offsets)), soft_out);
+    const py::ssize_t t = static_cast<py::ssize_t>(spans.size() / 2);
+    py::array_t<int64_t> flat = to_numpy(std::move(spans));
+    return py::make_tuple(to_numpy(std::move(r.ids)), to_numpy(std::move(r.offsets)), soft_out,
+                          flat.reshape({t, static_cast<py::ssize_t>(2)}));
 }
 
 py::tuple train_py(const py::object& seqs, int64_t vocab_size, const std::vector<std::string>& specials,
@@ -204,8 +219,10 @@ void register_bpe(py::module_& m) {
                  return omicskern::bpe::bt_compatible(b, x, y);
              }, "x"_a, "y"_a, "Backtracking's pair test: BPE of the two tokens' concatenation gives them back (tests).")
         .def("encode", &omicskern::bpe::encode, "seqs"_a, "num_threads"_a = 0, "return_soft_mask"_a = false,
-             "uppercase"_a = false, "algo"_a = 0,
-             "Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids.\n"
+             "uppercase"_a = false, "algo"_a = 0, "return_spans"_a = false,
+             "Sequences -> (ids int32 [T], offsets int64 [N+1], soft_mask uint8 [T] or None), HF-exact ids;\n"
+             "return_spans: a 4th item, int64 [T, 2], each token's [start, end) byte offsets in its sequence\n"
+             "(HF's Encoding.offsets, in bytes).\n"
              "algo: 0 auto, 1 binary heap (HF's algorithm, whole words), 2 bucket queue (monotone tables, whole\n"
              "words), 3 bucket/heap with tiny windows (tests of the long-word path), 4 backtracking where it\n"
              "applies (else 5), 5 bucket/heap with cache-sized windows for long words.");

@@ -62,6 +62,7 @@ struct Block {
 
 struct Workspace {
     std::vector<int32_t> init, starts;  // a word's initial symbols and their byte offsets
+    std::vector<int32_t> cstarts;       // token spans: HF's offsets (cumulative symbol lengths)
     std::vector<Sym> sym;  // one cache line serves a symbol's id and links
     std::vector<std::pair<int32_t, int32_t>> toks, wtoks;  // (id, first initial symbol)
     std::vector<std::pair<int32_t, size_t>> window_starts;
@@ -384,13 +385,20 @@ bool merge_windows(const BpeModel& m, Workspace& ws, const int32_t* init, int32_
 }
 
 // HF BPE::merge_word + Word::merge_all on one pre-tokenized word w[0, len), whose first byte is
-// at `base` in the sequence (for error positions and the soft mask).
+// at `base` in the sequence (for error positions, the soft mask and the token spans).
+//
+// spans (when not null) gets each token's [start, end) byte offsets in the sequence, as HF's
+// Word::get_offsets computes them: the cumulative byte lengths of the word's initial symbols (a
+// pending [UNK] is placed when it is added, a character that has no symbol at all, with neither an
+// unk token nor byte fallback, is dropped without advancing the position, exactly as in HF).
 void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, const char* orig, int64_t base,
-                 int64_t index, int algo, std::vector<int32_t>& out, std::vector<uint8_t>* soft) {
+                 int64_t index, int algo, std::vector<int32_t>& out, std::vector<uint8_t>* soft,
+                 std::vector<int64_t>* spans) {
     if (len <= 0) return;
     if (len > INT32_MAX - 2)
         throw std::length_error("sequence " + std::to_string(index) + ": a single BPE word longer than 2^31 bytes");
     const bool track = soft != nullptr;
+    const bool want_spans = spans != nullptr;
     const auto* u = reinterpret_cast<const unsigned char*>(w);
     if ((algo == 0 || algo == 4) && m.bt.ok) {
         // Words of letters (DNA): greedy longest match with backtracking (bpe_backtrack.cpp). With
@@ -408,8 +416,13 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
         }
         if (whole) {
             const size_t out0 = out.size(), soft0 = track ? soft->size() : 0;
+            const size_t spans0 = want_spans ? spans->size() : 0;
             auto emit = [&](int32_t id, int64_t a, int64_t b) {
                 out.push_back(id);
+                if (want_spans) {
+                    spans->push_back(base + a);
+                    spans->push_back(base + b);
+                }
                 if (track) {
                     uint8_t lower = 0;
                     for (int64_t q = base + a; q < base + b; ++q) lower |= (orig[q] >= 'a' && orig[q] <= 'z');
@@ -441,17 +454,26 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
             if (ok) return;
             out.resize(out0);  // cannot happen (see bpe_backtrack.cpp); the exact engines take over
             if (track) soft->resize(soft0);
+            if (want_spans) spans->resize(spans0);
         }
     }
     // At most one symbol per byte: size once, never shrink (no per-word clearing).
     if (static_cast<int64_t>(ws.init.size()) < len) ws.init.resize(static_cast<size_t>(len));
     if (track && static_cast<int64_t>(ws.starts.size()) < len) ws.starts.resize(static_cast<size_t>(len));
+    if (want_spans && static_cast<int64_t>(ws.cstarts.size()) < len + 1) ws.cstarts.resize(static_cast<size_t>(len + 1));
     int32_t* sy = ws.init.data();
     int32_t* starts = ws.starts.data();
+    int32_t* cst = ws.cstarts.data();
     int32_t n = 0;
-    auto add = [&](int32_t id, int32_t start) {
+    int32_t cum = 0;  // HF's running offset: sum of the byte lengths of the symbols added so far
+    // start: the symbol's first byte (soft mask); nbytes: its byte length (HF's Symbol::len).
+    auto add = [&](int32_t id, int32_t start, int32_t nbytes) {
         sy[n] = id;
         if (track) starts[n] = start;
+        if (want_spans) {
+            cst[n] = cum;
+            cum += nbytes;
+        }
         ++n;
     };
     int64_t i = 0;
@@ -462,10 +484,12 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
             if (c >= 0x80 || tab[c] < 0) break;
             sy[n] = tab[c];
             if (track) starts[n] = static_cast<int32_t>(i);
+            if (want_spans) cst[n] = static_cast<int32_t>(i);
             ++n;
         }
+        cum = static_cast<int32_t>(i);
     }
-    int32_t pend = -1, pend_start = 0;  // pending unk symbol (HF's `unk`)
+    int32_t pend = -1, pend_start = 0, pend_len = 0;  // pending unk symbol (HF's `unk`: id, byte length)
     while (i < len) {
         const unsigned char c = u[i];
         uint32_t cp = c;
@@ -487,28 +511,33 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
         i += clen;
         if (id >= 0) {
             if (pend >= 0) {
-                add(pend, pend_start);
+                add(pend, pend_start, pend_len);
                 pend = -1;
             }
-            add(id, start);
+            add(id, start, clen);
             continue;
         }
         if (m.byte_fallback) {
             bool all = true;
             for (int k = 0; k < clen; ++k) all = all && m.byte_ids[u[start + k]] >= 0;
             if (all) {  // HF adds the byte tokens without flushing a pending unk
-                for (int k = 0; k < clen; ++k) add(m.byte_ids[u[start + k]], start + k);
+                for (int k = 0; k < clen; ++k) add(m.byte_ids[u[start + k]], start + k, 1);
                 continue;
             }
         }
         if (m.unk_id >= 0) {
-            if (pend >= 0 && m.fuse_unk) continue;
-            if (pend >= 0) add(pend, pend_start);
+            if (pend >= 0 && m.fuse_unk) {
+                pend_len += clen;
+                continue;
+            }
+            if (pend >= 0) add(pend, pend_start, pend_len);
             pend = m.unk_id;
             pend_start = start;
+            pend_len = clen;
         }
     }
-    if (pend >= 0) add(pend, pend_start);
+    if (pend >= 0) add(pend, pend_start, pend_len);
+    if (want_spans) cst[n] = cum;
     if (n == 0) return;
     auto& toks = ws.toks;
     toks.clear();
@@ -523,6 +552,10 @@ void encode_word(const BpeModel& m, Workspace& ws, const char* w, int64_t len, c
     }
     for (size_t k = 0; k < toks.size(); ++k) {
         out.push_back(toks[k].first);
+        if (want_spans) {
+            spans->push_back(base + cst[toks[k].second]);
+            spans->push_back(base + (k + 1 < toks.size() ? cst[toks[k + 1].second] : cst[n]));
+        }
         if (track) {
             const int64_t a = base + starts[toks[k].second];
             const int64_t b = base + (k + 1 < toks.size() ? starts[toks[k + 1].second] : len);
@@ -682,7 +715,7 @@ void pre_tokenize(const BpeModel& m, const char* p, int64_t n, int64_t base, int
 }
 
 void encode_sequence(const BpeModel& m, const char* p, int64_t n, int64_t index, int algo, bool uppercase,
-                     std::vector<int32_t>& out, std::vector<uint8_t>* soft) {
+                     std::vector<int32_t>& out, std::vector<uint8_t>* soft, std::vector<int64_t>* spans) {
     Workspace& ws = workspace();
     const char* text = p;
     if (uppercase) {
@@ -697,6 +730,10 @@ void encode_sequence(const BpeModel& m, const char* p, int64_t n, int64_t index,
         if (s1.id >= 0) {
             out.push_back(s1.id);
             if (soft) soft->push_back(0);
+            if (spans) {
+                spans->push_back(s1.start);
+                spans->push_back(s1.end);
+            }
             continue;
         }
         const char* piece = text + s1.start;
@@ -719,13 +756,17 @@ void encode_sequence(const BpeModel& m, const char* p, int64_t n, int64_t index,
             if (s2.id >= 0) {
                 out.push_back(s2.id);
                 if (soft) soft->push_back(0);
+                if (spans) {
+                    spans->push_back(s1.start + s2.start);
+                    spans->push_back(s1.start + s2.end);
+                }
                 continue;
             }
             ws.words.clear();
             pre_tokenize(m, piece + s2.start, s2.end - s2.start, s1.start + s2.start, index, ws.words);
             for (const auto& wd : ws.words) {
                 const int64_t off = s2.start + wd.first;
-                encode_word(m, ws, piece + off, wd.second - wd.first, p, s1.start + off, index, algo, out, soft);
+                encode_word(m, ws, piece + off, wd.second - wd.first, p, s1.start + off, index, algo, out, soft, spans);
             }
         }
     }

@@ -159,8 +159,11 @@ std::vector<int32_t> merge_symbols(const BpeModel& m, const std::vector<int32_t>
 // where it applies, else 5), 1 heap (whole words), 2 bucket queue (whole words), 3 bucket/heap with
 // tiny windows (tests), 4 backtracking where it applies (else 5), 5 bucket/heap with windows.
 // uppercase: opt-in, ASCII a-z -> A-Z before anything else (added tokens included).
+// spans (when not null): two int64 per token, its [start, end) byte offsets in the sequence, as
+// Hugging Face's Encoding.offsets (in bytes) gives them; added tokens cover their match (with the
+// whitespace lstrip/rstrip took).
 void encode_sequence(const BpeModel& m, const char* p, int64_t n, int64_t index, int algo, bool uppercase,
-                     std::vector<int32_t>& out, std::vector<uint8_t>* soft);
+                     std::vector<int32_t>& out, std::vector<uint8_t>* soft, std::vector<int64_t>* spans = nullptr);
 
 bool check_monotone(const BpeModel& m, const std::vector<int32_t>& a, const std::vector<int32_t>& b,
                     const std::vector<int32_t>& rank, const std::vector<int32_t>& new_id);

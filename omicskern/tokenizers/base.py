@@ -11,6 +11,7 @@ with Hugging Face ``tokenizers``' behaviour for unknown tokens and ids: ``None``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from operator import methodcaller
 from typing import Iterable, Literal, Sequence, Union
 
 import numpy as np
@@ -40,6 +41,107 @@ def as_sequence_list(seqs: Iterable[SeqLike] | SeqLike) -> list:
         return list(seqs)
     except TypeError:
         raise TypeError(f"expected a list of str or bytes sequences, got {type(seqs).__name__}") from None
+
+
+def row_positions(offsets: np.ndarray) -> np.ndarray:
+    """int64 ``[T]``: the position of every token inside its row (``offsets`` = ``cu_seqlens``)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    pos = np.arange(offsets[-1], dtype=np.int64)
+    pos -= np.repeat(offsets[:-1], np.diff(offsets))
+    return pos
+
+
+def spans_from_starts(starts: np.ndarray, width: int) -> np.ndarray:
+    """int64 ``[T, 2]``: ``[starts, starts + width)`` (written in place, no stacking copy)."""
+    out = np.empty((starts.size, 2), dtype=np.int64)
+    out[:, 0] = starts
+    np.add(starts, width, out=out[:, 1])
+    return out
+
+
+def spans_from_lengths(lengths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """int64 ``[T, 2]`` spans of tokens laid back to back from position 0 of each row: token ``j``
+    of a row covers ``[sum(lengths[:j]), sum(lengths[:j + 1]))`` (one cumsum, no loop)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    start_of = np.concatenate([[0], ends])[offsets[:-1]]  # total length before each row
+    out = np.empty((lengths.size, 2), dtype=np.int64)
+    out[:, 1] = ends - np.repeat(start_of, np.diff(offsets))
+    out[:, 0] = out[:, 1] - lengths
+    return out
+
+
+def _input_lengths(seqs: list) -> np.ndarray:
+    """int64 ``[N]``: each sequence's length in its own units (characters of a str, bytes otherwise)."""
+    return np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+
+
+def _non_ascii_str_rows(seqs: list) -> np.ndarray:
+    """Indices of the ``str`` sequences holding a non-ASCII character (C-speed scan of the rows)."""
+    try:
+        ascii_ = np.fromiter(map(methodcaller("isascii"), seqs), dtype=bool, count=len(seqs))
+    except AttributeError:  # buffers (memoryview, numpy uint8): positions are bytes anyway
+        ascii_ = np.fromiter((not isinstance(q, str) or q.isascii() for q in seqs), dtype=bool, count=len(seqs))
+    rows = np.flatnonzero(~ascii_)
+    if rows.size == 0:
+        return rows
+    return rows[np.fromiter((isinstance(seqs[i], str) for i in rows.tolist()), dtype=bool, count=rows.size)]
+
+
+def bytes_to_char_spans(seqs: list, spans: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Token spans in UTF-8 byte positions (what the C++ encoders see) -> positions in characters
+    for ``str`` sequences with non-ASCII characters (ASCII and bytes input: unchanged, no work).
+
+    As Hugging Face ``tokenizers`` converts offsets: a span starts at the character holding its first
+    byte and ends after the character holding its last byte (a token made of one byte of a multi-byte
+    character, e.g. an unknown or byte-fallback token, covers that whole character)."""
+    rows = _non_ascii_str_rows(seqs)
+    if rows.size == 0:
+        return spans
+    spans = spans.copy()
+    for i in rows.tolist():  # only the rare non-ASCII str rows
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        if a == b:
+            continue
+        raw = np.frombuffer(seqs[i].encode("utf-8"), dtype=np.uint8)
+        char_of = np.empty(raw.size + 1, dtype=np.int64)  # char holding each byte; [nbytes] = nchars
+        np.cumsum((raw & 0xC0) != 0x80, out=char_of[:-1])
+        char_of[:-1] -= 1
+        char_of[-1] = len(seqs[i])
+        st, en = spans[a:b, 0], spans[a:b, 1]
+        new_st = char_of[st]
+        new_en = np.where(en > st, char_of[np.maximum(en - 1, 0)] + 1, new_st)
+        spans[a:b, 0], spans[a:b, 1] = new_st, new_en
+    return spans
+
+
+def finalize_spans(spans: np.ndarray, raw_offsets: np.ndarray, offsets: np.ndarray, n_prefix: int, n_suffix: int,
+                   keep_end: bool, seq_lengths: np.ndarray) -> np.ndarray:
+    """The spans of ``ragged_finalize``'s output: content tokens keep their span (in the original
+    sequence, also after truncation), prefix tokens get ``[0, 0)``, suffix tokens ``[len, len)``."""
+    raw_len = np.diff(raw_offsets)
+    out_len = np.diff(offsets)
+    kept = out_len - n_prefix - n_suffix
+    if n_prefix == 0 and n_suffix == 0 and np.array_equal(kept, raw_len):
+        return spans
+    total = int(offsets[-1])
+    if spans.shape[0] == 0:  # only special tokens
+        out = np.zeros((total, 2), dtype=np.int64)
+    else:
+        # one gather (np.take on axis 0: a 2-D fancy index is ~20x slower): output token q of row i
+        # is raw token q - offsets[i] - n_prefix + first[i]; the specials are written afterwards
+        first = raw_offsets[:-1] + (raw_len - kept if keep_end else 0)
+        src = np.arange(total, dtype=np.int64)
+        src += np.repeat(first - offsets[:-1] - n_prefix, out_len)
+        np.clip(src, 0, spans.shape[0] - 1, out=src)
+        out = np.take(spans, src, axis=0)
+    if n_prefix:
+        out[(offsets[:-1, None] + np.arange(n_prefix)).ravel()] = 0
+    if n_suffix:
+        at = ((offsets[1:] - n_suffix)[:, None] + np.arange(n_suffix)).ravel()
+        out[at] = np.repeat(seq_lengths, n_suffix)[:, None]
+    return out
 
 
 def reverse_complement(seq: SeqLike) -> SeqLike:
@@ -138,6 +240,18 @@ class SequenceTokenizer(ABC):
     #: instead of ``_encode_raw`` + ``ragged_finalize`` when there is no truncation.
     _encode_with_specials = None
 
+    def _encode_raw_spans(self, seqs: list, num_threads: int, return_soft_mask: bool
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Like ``_encode_raw`` plus int64 ``[T, 2]`` token spans in UTF-8 byte positions of each
+        sequence (the base class converts them to characters). Default: ``_encode_raw`` then
+        ``_raw_token_spans`` on its ids."""
+        ids, offsets, soft = self._encode_raw(seqs, num_threads, return_soft_mask)
+        return ids, offsets, soft, self._raw_token_spans(ids, offsets)
+
+    def _raw_token_spans(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """int64 ``[T, 2]`` byte spans of ``_encode_raw``'s tokens (no specials), from the ids alone."""
+        raise NotImplementedError(f"{type(self).__name__} does not produce token spans")
+
     @abstractmethod
     def _decode_ids(self, ids: np.ndarray) -> str:
         """Token ids (specials already removed if asked) -> sequence text."""
@@ -186,7 +300,8 @@ class SequenceTokenizer(ABC):
     def encode_batch(self, seqs: Iterable[SeqLike], *, add_special_tokens: bool | None = None,
                      padding: bool | Literal["longest", "max_length"] = "longest", max_length: int | None = None,
                      truncation: bool = False, padding_side: str | None = None, truncation_side: str | None = None,
-                     return_soft_mask: bool = False, num_threads: int | None = None) -> PaddedBatch | Batch:
+                     return_soft_mask: bool = False, return_token_spans: bool = False,
+                     num_threads: int | None = None) -> PaddedBatch | Batch:
         """Many sequences -> a padded batch (default) or a ragged one (``padding=False``).
 
         Args:
@@ -197,6 +312,16 @@ class SequenceTokenizer(ABC):
             max_length: with ``truncation``, the most tokens a sequence keeps (specials included).
             truncation: cut sequences longer than ``max_length`` (``truncation_side`` end).
             return_soft_mask: also return which tokens came from lower-case bases.
+            return_token_spans: the ragged batch also carries ``token_spans``, int64 [T, 2]: the
+                ``[start, end)`` of each token in its input sequence, in characters of a ``str``
+                (bytes of a bytes-like input). Needs ``padding=False``. Char: token ``i`` covers
+                ``[i, i + 1)``; k-mer NT: a k-mer its k bases, a single-base/N/unknown token one;
+                k-mer overlap (DNABERT-1): window ``i`` covers ``[i, i + k)`` (spans overlap); BPE:
+                Hugging Face ``tokenizers``' ``Encoding.offsets`` for the same tokenizer.json. Special
+                tokens added around the sequence are empty: the prefix ``[0, 0)``, the suffix
+                ``[len, len)`` (HF gives ``(0, 0)`` to both). After truncation the kept tokens keep
+                their spans in the original sequence (left truncation: the end's real positions).
+                Costs nothing when False.
             num_threads: threads of the C++ core (<= 0: all cores; default: the constructor's).
 
         Returns:
@@ -224,12 +349,18 @@ class SequenceTokenizer(ABC):
         keep_end = _check_side(truncation_side or self.truncation_side, "truncation_side")
         pad_side = padding_side or self.padding_side
         _check_side(pad_side, "padding_side")
+        if return_token_spans and padding is not False:
+            raise ValueError("token_spans need padding=False (a ragged Batch); a PaddedBatch carries no spans")
 
         prefix = list(self.prefix_ids) if add else []
         suffix = list(self.suffix_ids) if add else []
         limit = max_length if (truncation and max_length is not None) else -1
-        fused = limit < 0 and self._encode_with_specials is not None
-        if fused:  # the encoder writes the special tokens itself: no second pass over the ids
+        fused = limit < 0 and self._encode_with_specials is not None and not return_token_spans
+        spans = None
+        if return_token_spans:
+            ids, offsets, soft, spans = self._encode_raw_spans(seqs, threads, return_soft_mask)
+            spans = bytes_to_char_spans(seqs, spans, offsets)
+        elif fused:  # the encoder writes the special tokens itself: no second pass over the ids
             ids, offsets, soft = self._encode_with_specials(seqs, threads, return_soft_mask, prefix, suffix)
         else:
             ids, offsets, soft = self._encode_raw(seqs, threads, return_soft_mask)
@@ -238,8 +369,11 @@ class SequenceTokenizer(ABC):
             if soft is not None:
                 soft, _ = C.ragged_finalize(soft, offsets, [0] * len(prefix), [0] * len(suffix), limit,
                                             keep_end, threads)
+            if spans is not None:
+                spans = finalize_spans(spans, offsets, new_offsets, len(prefix), len(suffix), keep_end,
+                                       _input_lengths(seqs))
             ids, offsets = new_ids, new_offsets
-        ragged = Batch(ids, offsets, soft_mask=None if soft is None else soft.view(bool))
+        ragged = Batch(ids, offsets, soft_mask=None if soft is None else soft.view(bool), token_spans=spans)
         if padding is False:
             return ragged
         length = max_length if padding == "max_length" else "longest"

@@ -9,7 +9,7 @@ import numpy as np
 from omicskern._native import load_C
 from omicskern.tokenizers._dna import (DEFAULT_CHUNK, call_encoder, check_on_invalid, join_tokens,
                                        letters_any_case)
-from omicskern.tokenizers.base import SequenceTokenizer
+from omicskern.tokenizers.base import SequenceTokenizer, row_positions, spans_from_starts
 
 #: HyenaDNA's CharacterTokenizer special tokens, ids 0..6; characters start at 7.
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]")
@@ -104,6 +104,10 @@ class CharTokenizer(SequenceTokenizer):
         C = load_C()
         return call_encoder(C.dna_char_encode, seqs, self._lut, self._allowed, bool(return_soft_mask),
                             int(num_threads), int(self._chunk), list(prefix), list(suffix))
+
+    def _raw_token_spans(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        # one token per byte: token i covers [i, i + 1)
+        return spans_from_starts(row_positions(offsets), 1)
 
     def _decode_ids(self, ids: np.ndarray) -> str:
         return join_tokens(self._decode_table, ids)

@@ -12,7 +12,7 @@ import numpy as np
 
 from omicskern._native import load_C
 from omicskern.tokenizers._dna import DEFAULT_CHUNK, call_encoder, check_on_invalid, join_tokens
-from omicskern.tokenizers.base import SequenceTokenizer
+from omicskern.tokenizers.base import SequenceTokenizer, row_positions, spans_from_lengths, spans_from_starts
 
 #: Base order of both vocabularies: k-mer code = sum idx(c_j) * 4^(k-1-j).
 BASES = "ATCG"
@@ -185,6 +185,10 @@ class KmerTokenizer(SequenceTokenizer):
         self._tokens = tuple(tokens)
         self._code_of = np.full(self.vocab_size, -1, dtype=np.int64)
         self._code_of[kmer_ids] = np.arange(n_kmers)
+        # Bases each token covers (token spans, NT mode): k for a k-mer, 1 for every other token the
+        # encoder writes (single bases, N, unknown bytes).
+        self._span_len = np.ones(self.vocab_size, dtype=np.int64)
+        self._span_len[kmer_ids] = k
         self._decode_table = np.array(list(self._tokens), dtype=object)
         if self.unk_token_id is not None:
             self._decode_table[self.unk_token_id] = "N"  # an unknown token stands for one unknown base (NT)
@@ -247,6 +251,12 @@ class KmerTokenizer(SequenceTokenizer):
         return call_encoder(C.dna_kmer_encode, seqs, self.k, self.mode == "overlap", self._cls_lut, kmer_base,
                             single_base, n_id, unk_id, self._allowed, bool(return_soft_mask), int(num_threads),
                             int(self._chunk), list(prefix), list(suffix))
+
+    def _raw_token_spans(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        if self.mode == "overlap":  # window i covers [i, i + k)
+            return spans_from_starts(row_positions(offsets), self.k)
+        # NT: the tokens tile the sequence; each covers _span_len[id] bases
+        return spans_from_lengths(self._span_len[ids], offsets)
 
     def _decode_ids(self, ids: np.ndarray) -> str:
         if self.mode == "nt":
