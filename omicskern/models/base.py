@@ -166,6 +166,10 @@ class OmicsModel(nn.Module):
     #: weight files ``from_pretrained`` looks for, in order
     weight_files: ClassVar[tuple[str, ...]] = ("model.safetensors", "pytorch_model.bin")
 
+    #: rows longer than ``max_length`` raise (learned positions, a filter of that length); False
+    #: where the positions extrapolate (ALiBi, rotary) and ``max_length`` is the trained length
+    max_length_is_hard: ClassVar[bool] = True
+
     #: the checkpoint folder the model came from (``None`` after ``from_state_dict``)
     source_path: Path | None = None
 
@@ -376,7 +380,7 @@ class OmicsModel(nn.Module):
                                  f"outside the vocabulary (size {vocab})")
         lengths = cu[1:] - cu[:-1]
         max_len = int(lengths.max()) if lengths.numel() else 0
-        if max_len > self.max_length:
+        if max_len > self.max_length and self.max_length_is_hard:
             row = int(torch.argmax(lengths))
             raise ValueError(f"row {row} has {max_len} tokens, more than this model's max_length="
                              f"{self.max_length}; truncate it when tokenizing (truncation=True, max_length=...)")

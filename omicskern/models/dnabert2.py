@@ -127,6 +127,7 @@ class DNABERT2(OmicsModel):
     config_class = DNABERT2Config
     ops = ("attention",)
     extra_poolings = ("pooler",)
+    max_length_is_hard = False  # ALiBi: longer rows run (the trained length is max_length)
 
     def __init__(self, config: DNABERT2Config, *, pooler: bool = True, mlm_head: bool = True):
         super().__init__()

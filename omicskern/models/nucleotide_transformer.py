@@ -179,6 +179,10 @@ class NucleotideTransformer(OmicsModel):
         return self.config.position_embedding_type == "rotary"
 
     @property
+    def max_length_is_hard(self) -> bool:  # rotary (v2) positions extrapolate; v1's table does not
+        return not self.is_v2
+
+    @property
     def max_length(self) -> int:
         # v1 numbers positions from pad_token_id + 1 (ESM), so the table holds that many fewer tokens
         c = self.config
