@@ -57,6 +57,32 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def torch_bool(t):
+    """``torch.bool`` (imported only for a tensor that is already there)."""
+    import torch
+
+    return torch.bool
+
+
+def _int_row(r, dtype, i: int) -> np.ndarray:
+    """Row ``i`` of :meth:`Batch.from_rows` as ``dtype`` ids: integers only (4.5 raises instead of
+    becoming 4) and values that fit ``dtype`` (no wrap-around)."""
+    a = np.asarray(r).reshape(-1)
+    if a.size == 0:
+        return a.astype(dtype)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"row {i}: token ids must be integers, got dtype {a.dtype} (e.g. {a.ravel()[0]!r}); "
+                        "a float id is not rounded or truncated")
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise ValueError(f"row {i}: token id {bad} does not fit {dt} ({info.min}..{info.max})")
+    return a.astype(dt, copy=False)
+
+
 @dataclass(frozen=True, eq=False)
 class Batch:
     """A ragged batch of token rows. See the module docstring for the fields.
@@ -92,6 +118,9 @@ class Batch:
 
                 cu = torch.as_tensor(np.asarray(cu, dtype=np.int64), device=ids.device)
                 object.__setattr__(self, "cu_seqlens", cu)
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch_bool(ids):
+                raise TypeError(f"input_ids must hold integer token ids, got {ids.dtype} (a float id is not "
+                                "rounded or truncated; convert deliberately, e.g. ids.long())")
             if ids.dim() != 1 or cu.dim() != 1 or cu.numel() < 1:
                 raise ValueError(f"input_ids must be [T] and cu_seqlens [N+1], got shapes {tuple(ids.shape)} "
                                  f"and {tuple(cu.shape)}")
@@ -103,6 +132,11 @@ class Batch:
         cu = np.asarray(cu)
         if ids.ndim != 1:
             raise ValueError(f"input_ids must be 1-D [T], got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            if ids.size:
+                raise TypeError(f"input_ids must hold integer token ids, got dtype {ids.dtype} (a float id is "
+                                "not rounded or truncated; convert deliberately, e.g. ids.astype(np.int32))")
+            ids = ids.astype(np.int32)  # an empty list / np.zeros(0): no ids to lose
         if cu.ndim != 1 or cu.size < 1:
             raise ValueError(f"cu_seqlens must be 1-D [N + 1], got shape {cu.shape}")
         if cu.dtype.kind not in "iu":
@@ -152,7 +186,7 @@ class Batch:
     def from_rows(cls, rows: Sequence[Sequence[int]], *, values: Sequence[Sequence] | None = None,
                   dtype=np.int32) -> "Batch":
         """A batch from a list of id rows (and optionally a list of value rows)."""
-        rows = [np.asarray(r, dtype=dtype).reshape(-1) for r in rows]
+        rows = [_int_row(r, dtype, i) for i, r in enumerate(rows)]
         ids = np.concatenate(rows) if rows else np.zeros(0, dtype)
         vals = None
         if values is not None:
@@ -529,6 +563,17 @@ class PaddedBatch:
     values: np.ndarray | None = None
     soft_mask: np.ndarray | None = None
     side: str = "right"
+
+    def __post_init__(self):
+        ids = self.input_ids
+        kind = getattr(getattr(ids, "dtype", None), "kind", None)
+        if kind is None and hasattr(ids, "is_floating_point"):  # a torch tensor
+            bad = ids.is_floating_point() or ids.is_complex() or ids.dtype == torch_bool(ids)
+        else:
+            bad = kind is not None and kind not in "iu" and np.size(ids) > 0
+        if bad:
+            raise TypeError(f"input_ids must hold integer token ids, got {ids.dtype} (a float id is not "
+                            "rounded or truncated)")
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in ("input_ids", "attention_mask", "values", "soft_mask"):

@@ -55,3 +55,22 @@ class UnknownTokensWarning(UserWarning):
 
 class JobMismatchError(OmicskernError, ValueError):
     """The output path holds the output of another job (or something that is not an output)."""
+
+
+class InvalidFileError(OmicskernError, ValueError):
+    """An input file cannot be read as what it should be (an empty, truncated or garbage
+    ``.h5ad``, a ``.pkl`` that is not a pickled dict...). ``path`` is the file; the message
+    names it and says what is wrong."""
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+class OutputNotWritableError(OmicskernError, PermissionError):
+    """The output location cannot be written (checked before any work). ``path`` is the output
+    asked for; the message names the folder that refused and why."""
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)

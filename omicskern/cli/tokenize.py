@@ -21,6 +21,10 @@ Output (``--out``):
 A job is keyed on the input's content, the tokenizer's identity and the settings, not on paths:
 a moved or renamed FASTA resumes, a changed one is refused (as is any output of another job)
 unless ``--overwrite``.
+
+Checked before any work (exit 2 for the command line, 1 for the files): ``--records`` names each
+record once (a repeated name is refused, not silently deduplicated), ``--threads`` is >= 0, and
+the ``--out`` location is writable (a read-only folder fails at once, not after tokenizing).
 """
 
 from __future__ import annotations
@@ -60,11 +64,12 @@ def register(subparsers) -> None:
                         "lower-case tokens (by default they are upper-cased, else they would become [UNK])")
     p.add_argument("--window", type=int, default=None, help="window length in bases (default: whole records)")
     p.add_argument("--stride", type=int, default=None, help="window stride in bases (default: --window)")
-    p.add_argument("--threads", type=int, default=0, help="threads of the C++ core; default: 0 = all cores")
+    p.add_argument("--threads", type=int, default=0, help="threads of the C++ core (>= 0); default: 0 = all cores")
     p.add_argument("--on-invalid", choices=("error", "unk", "n"), default=None,
                    help="char/kmer: a byte outside the alphabet raises (default), becomes the unknown token, or reads as N")
     p.add_argument("--no-special-tokens", action="store_true", help="do not add [CLS]/[SEP]-style tokens")
-    p.add_argument("--records", nargs="+", default=None, metavar="NAME", help="only these records")
+    p.add_argument("--records", nargs="+", default=None, metavar="NAME",
+                   help="only these records, in this order (each at most once: a name given twice is refused)")
     p.add_argument("--out", default=None,
                    help="FILE.npz (one file), - (text rows on stdout) or a directory (shards + manifest.json, "
                         "resumable); without it nothing is written")
@@ -87,6 +92,16 @@ def check_args(args) -> None:
         raise UsageError("--tokenizer bpe needs --tokenizer-json PATH")
     if kmer and not 3 <= (args.k or 6) <= 8:
         raise UsageError(f"--k must be between 3 and 8, got {args.k}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
+    if args.records:
+        seen, dup = set(), []
+        for n in args.records:
+            if n in seen and n not in dup:
+                dup.append(n)
+            seen.add(n)
+        if dup:  # refused, not deduplicated: a repeated name is more likely a typo than a wish
+            raise UsageError(f"--records: {', '.join(dup)} given more than once (name each record once)")
     if args.window is not None and args.window <= 0:
         raise UsageError("--window must be positive")
     if args.stride is not None and (args.stride <= 0 or args.window is None):
@@ -155,6 +170,10 @@ def run(args) -> int:
     from omicskern.pipelines.tokenize import tokenize_fasta
 
     check_args(args)
+    if args.out not in (None, "-"):
+        from omicskern.io.writers import check_writable
+
+        check_writable(args.out, what="--out")  # before any work: not after the whole genome is tokenized
     fasta = Path(args.fasta) if args.fasta else default_fasta()
     if args.records:
         from omicskern.io.fasta import FastaFile

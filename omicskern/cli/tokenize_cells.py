@@ -4,6 +4,11 @@ scGPT binned-value tokens of every cell, streamed from the (backed) h5ad in chun
 Parses the command line and calls :func:`omicskern.pipelines.tokenize.tokenize_cells`, which
 writes the output atomically and records its job in it: rerunning the same job is a no-op, an
 output of another job is refused unless ``--overwrite``.
+
+Checked before any work: ``--format`` agrees with the suffix of ``--out`` (``--out x.out --format
+npz`` is refused, exit 2: the output is written exactly at ``--out`` and recognised by its
+suffix), ``--threads`` >= 0, the input is an HDF5 file (not a folder, not empty, not garbage) and
+the ``--out`` location is writable (exit 1). The summary names the path written.
 """
 
 from __future__ import annotations
@@ -80,11 +85,36 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--method bin needs --vocab")
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
+    check_format(args.out, args.format)
     existing_path(args.input, "input")
     for flag in ("token_dict", "gene_medians", "symbol_table", "vocab"):
         v = getattr(args, flag)
         if v is not None:
             existing_path(v, "--" + flag.replace("_", "-"))
+
+
+_SUFFIXES = {"npz": (".npz",), "parquet": (".parquet", ".pq")}
+
+
+def check_format(out: str, fmt: str | None) -> None:
+    """``--format`` and the suffix of ``--out`` must agree (exit 2): the output is written exactly at
+    ``--out`` and read back by its suffix, so ``--out x.out --format npz`` is refused rather than
+    written as ``x.out.npz`` or as an npz that no rerun recognises."""
+    if fmt is None:
+        return
+    name = out.lower().rstrip("/")
+    if fmt in _SUFFIXES:
+        if not name.endswith(_SUFFIXES[fmt]):
+            raise UsageError(f"--format {fmt} writes one {_SUFFIXES[fmt][0]} file, but --out {out} does not end in "
+                             f"{' or '.join(_SUFFIXES[fmt])} (name it {out.rstrip('/')}{_SUFFIXES[fmt][0]}, "
+                             "or leave out --format)")
+        return
+    for other, sufs in _SUFFIXES.items():
+        if name.endswith(sufs):
+            raise UsageError(f"--format {fmt} writes a folder, but --out {out} ends in {sufs[0]} (the suffix of "
+                             f"--format {other}); name the folder otherwise, or leave out --format")
 
 
 def make_tokenizer(args: argparse.Namespace):
@@ -128,15 +158,20 @@ def identity(args: argparse.Namespace) -> tuple[dict, dict]:
 def run(args: argparse.Namespace) -> int:
     from omicskern.pipelines.tokenize import tokenize_cells
 
+    from omicskern.io.cells import check_h5ad
+    from omicskern.io.writers import check_writable
+
     check_args(args)
+    check_h5ad(args.input)  # a folder, an empty or non-HDF5 file: one line naming it, before any work
+    check_writable(args.out, what="--out")  # a read-only folder fails now, not after tokenizing
     tok = make_tokenizer(args)
     producer, settings = identity(args)
     res = tokenize_cells(args.input, tok, args.out, fmt=args.format, layer=args.layer, overwrite=args.overwrite,
                          identity=producer, settings=settings, progress=not args.no_progress)
     if res.reused:
-        print(f"{args.out} already holds this job's output ({res.fmt}); nothing to do", file=sys.stderr)
+        print(f"{res.out} already holds this job's output ({res.fmt}); nothing to do", file=sys.stderr)
         return 0
     if res.report is not None and hasattr(res.report, "summary"):
         print(res.report.summary(), file=sys.stderr)
-    print(f"  wrote {res.cells:,} cells, {res.tokens:,} tokens to {args.out} ({res.fmt})", file=sys.stderr)
+    print(f"  wrote {res.cells:,} cells, {res.tokens:,} tokens to {res.out} ({res.fmt})", file=sys.stderr)
     return 0

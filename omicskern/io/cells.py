@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from omicskern.errors import InvalidCountsError, MissingColumnError
+from omicskern.errors import InvalidCountsError, InvalidFileError, MissingColumnError
 
-__all__ = ["CellMatrix", "Chunk", "open_cells", "cell_label", "gene_label", "rethrow_counts_error"]
+__all__ = ["CellMatrix", "Chunk", "open_cells", "check_h5ad", "cell_label", "gene_label", "rethrow_counts_error"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,6 +184,80 @@ def _h5_reader(group):
     return read, shape
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    msg = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+    return msg if len(msg) <= 200 else msg[:197] + "..."
+
+
+def check_h5ad(path: str | os.PathLike) -> None:
+    """Cheap checks that ``path`` can be an ``.h5ad`` file, with errors that name it:
+    ``FileNotFoundError`` (missing), ``IsADirectoryError`` (a folder), ``PermissionError``
+    (unreadable), :class:`~omicskern.errors.InvalidFileError` (empty, not HDF5, truncated, or
+    HDF5 without an ``X``). Damage deeper inside is caught when :func:`open_cells` reads it."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory, not an .h5ad file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_HDF5_SIGNATURE))
+    except PermissionError:
+        raise PermissionError(f"{path}: cannot read the .h5ad file (permission denied)") from None
+    except OSError as e:
+        raise InvalidFileError(f"{path}: cannot read the .h5ad file ({e.strerror or e})", path=path) from None
+    if not head:
+        raise InvalidFileError(f"{path}: the .h5ad file is empty (0 bytes)", path=path)
+    if head != _HDF5_SIGNATURE:
+        # HDF5 also allows the signature at 512, 1024, ... (a user block): leave those to h5py
+        size = os.path.getsize(path)
+        if size < 512 or not _signature_later(path, size):
+            raise InvalidFileError(f"{path}: not an .h5ad file (no HDF5 signature; "
+                                   f"{size:,} bytes of something else)", path=path)
+    import h5py
+
+    try:  # cheap: HDF5 checks the superblock and the file's end (a truncated file fails here)
+        with h5py.File(path, "r") as f:
+            has_x = "X" in f
+    except Exception as e:
+        msg = _short(e)
+        if "truncated file" in msg:
+            import re
+
+            m = re.search(r"stored_eof\s*=\s*(\d+)", msg)
+            whole = f" of {int(m.group(1)):,}" if m else ""
+            msg = f"truncated: {os.path.getsize(path):,}{whole} bytes there"
+        raise InvalidFileError(f"{path}: not a readable .h5ad file ({msg})", path=path) from None
+    if not has_x:
+        raise InvalidFileError(f"{path}: not an .h5ad file (an HDF5 file without an X matrix)", path=path)
+
+
+def _signature_later(path: str, size: int) -> bool:
+    with open(path, "rb") as fh:
+        at = 512
+        while at + len(_HDF5_SIGNATURE) <= size:
+            fh.seek(at)
+            if fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+            at *= 2
+    return False
+
+
+def _guarded(reader, path: str):
+    """Chunk reads that fail inside HDF5 (a damaged block) raise InvalidFileError naming the file."""
+    def read(s, e):
+        try:
+            return reader(s, e)
+        except (OSError, KeyError, RuntimeError) as err:
+            raise InvalidFileError(f"{path}: not a readable .h5ad file (damaged data in rows {s}:{e}: "
+                                   f"{_short(err)})", path=path) from None
+    return read
+
+
 def open_cells(data, *, layer: str | None = None, gene_ids: Sequence[str] | None = None,
                obs=None, var=None) -> CellMatrix:
     """Wraps any supported input as a :class:`CellMatrix` (cells as rows).
@@ -201,17 +275,37 @@ def open_cells(data, *, layer: str | None = None, gene_ids: Sequence[str] | None
         import h5py
 
         path = str(data)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such file: {path}")
-        ad = anndata.read_h5ad(path, backed="r")
-        f = h5py.File(path, "r")
+        check_h5ad(path)
+        try:
+            ad = anndata.read_h5ad(path, backed="r")
+        except Exception as e:  # h5py / anndata raise OSError, KeyError, TypeError... on damaged files
+            raise InvalidFileError(f"{path}: not a readable .h5ad file (AnnData could not read it: "
+                                   f"{_short(e)})", path=path) from None
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            ad.file.close()
+            raise InvalidFileError(f"{path}: not a readable .h5ad file ({_short(e)})", path=path) from None
         try:
             grp = f["X"] if layer is None else f["layers"][layer]
         except KeyError:
             f.close()
             ad.file.close()
+            if layer is None:
+                raise InvalidFileError(f"{path}: not a readable .h5ad file (it has no X matrix)", path=path) from None
             raise MissingColumnError(f"{path} has no layer {layer!r}") from None
-        reader, shape = _h5_reader(grp)
+        try:
+            reader, shape = _h5_reader(grp)
+        except ValueError as e:
+            f.close()
+            ad.file.close()
+            raise InvalidFileError(f"{path}: {e}", path=path) from None
+        except (OSError, KeyError, TypeError) as e:
+            f.close()
+            ad.file.close()
+            raise InvalidFileError(f"{path}: not a readable .h5ad file (damaged X matrix: {_short(e)})",
+                                   path=path) from None
+        reader = _guarded(reader, path)
 
         def close():
             f.close()

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from omicskern.errors import MissingColumnError
+from omicskern.errors import InvalidFileError, MissingColumnError
 from omicskern.io.cells import open_cells
 
 __all__ = ["load_gene_dict", "load_token_dictionary", "load_gene_medians", "load_scgpt_vocab", "load_symbol_table",
@@ -39,42 +39,61 @@ def load_gene_dict(source, *, value_type=None) -> dict:
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"gene dictionary file not found: {path}")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a gene dictionary file")
         suffix = path.suffix.lower()
         if suffix in (".pkl", ".pickle"):
             with open(path, "rb") as f:
-                d = pickle.load(f)
+                try:
+                    d = pickle.load(f)
+                except Exception as e:  # UnpicklingError, EOFError, ImportError, AttributeError...
+                    why = "the file is empty" if path.stat().st_size == 0 else f"{type(e).__name__}: {e}"
+                    raise InvalidFileError(f"{path}: not a readable pickled gene dictionary ({why})",
+                                           path=path) from None
             if not isinstance(d, dict):
-                raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
+                raise InvalidFileError(f"{path}: expected a pickled dict, got {type(d).__name__}", path=path)
         elif suffix == ".json":
-            with open(path) as f:
-                d = json.load(f)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    d = json.load(f)
+            except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                raise InvalidFileError(f"{path}: not a readable JSON gene dictionary ({e})", path=path) from None
             if not isinstance(d, dict):
-                raise ValueError(f"{path}: expected a JSON object (gene -> value)")
+                raise InvalidFileError(f"{path}: expected a JSON object (gene -> value), got "
+                                       f"{type(d).__name__}", path=path)
         elif suffix in (".tsv", ".txt", ".csv", ".tab"):
             sep = "," if suffix == ".csv" else "\t"
             d = {}
-            with open(path) as f:
-                for lineno, line in enumerate(f, 1):
-                    line = line.rstrip("\n\r")
-                    if not line:
-                        continue
-                    parts = line.split(sep)
-                    if len(parts) < 2:
-                        raise ValueError(f"{path}, line {lineno}: expected 2 columns separated by {sep!r}")
-                    key, val = parts[0].strip(), parts[1].strip()
-                    if lineno == 1 and value_type in (int, float):
-                        try:
-                            value_type(val)
-                        except ValueError:
-                            continue  # header
-                    d[key] = val
+            try:
+                with open(path, encoding="utf-8", errors="strict") as f:
+                    for lineno, line in enumerate(f, 1):
+                        line = line.rstrip("\n\r")
+                        if not line:
+                            continue
+                        parts = line.split(sep)
+                        if len(parts) < 2:
+                            raise InvalidFileError(f"{path}, line {lineno}: expected 2 columns separated by {sep!r}",
+                                                   path=path)
+                        key, val = parts[0].strip(), parts[1].strip()
+                        if lineno == 1 and value_type in (int, float):
+                            try:
+                                value_type(val)
+                            except ValueError:
+                                continue  # header
+                        d[key] = val
+            except UnicodeDecodeError:
+                raise InvalidFileError(f"{path}: not a text gene dictionary (bytes that are not UTF-8 text)",
+                                       path=path) from None
         else:
             raise ValueError(f"{path}: unknown gene dictionary format {suffix!r} (use .pkl, .json, .tsv or .csv)")
     if value_type is not None:
+        where = "" if isinstance(source, dict) else f"{source}: "
         try:
             d = {str(k): value_type(v) for k, v in d.items()}
         except (TypeError, ValueError) as e:
-            raise ValueError(f"gene dictionary values must be {value_type.__name__}: {e}") from None
+            err = InvalidFileError if where else ValueError
+            kw = {"path": str(source)} if where else {}
+            raise err(f"{where}gene dictionary values must be {value_type.__name__}: {e}", **kw) from None
     return d
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from omicskern.batch import Batch
 
 __all__ = ["FORMATS", "infer_format", "save_batch", "save_npz", "load_npz", "to_arrow", "save_parquet",
-           "save_dataset"]
+           "save_dataset", "check_writable"]
 
 FORMATS = ("npz", "parquet", "dataset")
 
@@ -62,7 +62,8 @@ def save_batch(batch: "Batch", path: str | os.PathLike, fmt: str | None = None) 
 # ---- npz ----------------------------------------------------------------------------------------
 
 def save_npz(batch: "Batch", path: str | os.PathLike) -> None:
-    """One uncompressed ``.npz`` (keys in the module docstring); :func:`load_npz` reads it back."""
+    """One uncompressed ``.npz`` (keys in the module docstring), written exactly at ``path`` (no
+    ``.npz`` is appended to a path without it); :func:`load_npz` reads it back."""
     b = _numpy(batch)
     arrays = {"input_ids": b.input_ids, "offsets": b.cu_seqlens, "length": np.diff(b.cu_seqlens),
               "obs_index": b.source}
@@ -73,7 +74,10 @@ def save_npz(batch: "Batch", path: str | os.PathLike) -> None:
         arrays["obs_names"] = np.asarray(b.names).astype(str)
     for k, v in b.obs.items():
         arrays[f"obs/{k}"] = _plain(v)
-    np.savez(path, **arrays)
+    # through a file object: np.savez given a path appends ".npz" to one without it, so the file
+    # would not be where the caller asked ("x.out" -> "x.out.npz")
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_npz(path: str | os.PathLike) -> "Batch":
@@ -147,6 +151,42 @@ def save_dataset(batch: "Batch", path: str | os.PathLike) -> None:
         fields.append(pa.field(f.name, t))
     table = table.cast(pa.schema(fields))
     datasets.Dataset(table).save_to_disk(str(path))
+
+
+# ---- output location ----------------------------------------------------------------------------
+
+def check_writable(path: str | os.PathLike, *, what: str = "output") -> None:
+    """Raises before any work when an output cannot be created at ``path`` (a file, or a folder of
+    shards / a ``datasets`` folder): the folder that would hold it, or ``path`` itself when it is
+    an existing folder, must be a writable folder. The test creates and removes a temporary file
+    there (``os.access`` says yes to root on a read-only folder and knows nothing of read-only
+    mounts). Missing parent folders are fine when the nearest existing one is writable (they are
+    created). Raises :class:`~omicskern.errors.OutputNotWritableError` (a ``PermissionError``) or
+    ``NotADirectoryError``, naming ``path`` and the folder."""
+    import tempfile
+
+    from omicskern.errors import OutputNotWritableError
+
+    path = os.path.abspath(os.fspath(path))
+    probe = path if os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(f"cannot write the {what} {path}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".omicskern-write-test-", dir=probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise OutputNotWritableError(f"cannot write the {what} {path}: folder {probe} is not writable ({why})",
+                                     path=path) from None
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 # ---- helpers ------------------------------------------------------------------------------------

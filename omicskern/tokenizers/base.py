@@ -29,6 +29,15 @@ def _check_side(side: str, what: str) -> bool:
     return side == "left"
 
 
+def check_num_threads(value, what: str = "num_threads") -> int:
+    """``value`` as a thread count: an int (numpy ints too; not a bool, a float or a str), ``<= 0``
+    meaning all cores. Raises ``TypeError`` naming ``what`` otherwise (2.5 is not rounded)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int (0 or less = all cores), got {value!r} "
+                        f"({type(value).__name__})")
+    return int(value)
+
+
 def as_sequence_list(seqs: Iterable[SeqLike] | SeqLike) -> list:
     """Materialises the batch as a list the C++ core can read without copies."""
     if isinstance(seqs, (str, bytes, bytearray)):
@@ -208,7 +217,7 @@ class SequenceTokenizer(ABC):
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.max_length = max_length
-        self.num_threads = num_threads
+        self.num_threads = num_threads  # checked by the property below
         self._pad_token_id_arg = None if pad_token_id is None else int(pad_token_id)
         self._vocab: dict[str, int] = {}
         self._id_tokens: list[str | None] = []
@@ -228,6 +237,15 @@ class SequenceTokenizer(ABC):
             if not 0 <= self._pad_token_id_arg < n:
                 raise ValueError(f"pad_token_id {self._pad_token_id_arg} is outside the vocabulary (size {n})")
             self.pad_token_id = self._pad_token_id_arg
+
+    @property
+    def num_threads(self) -> int:
+        """Threads of the C++ core (``<= 0``: all cores); setting it checks it is an int."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value) -> None:
+        self._num_threads = check_num_threads(value)
 
     # -- to implement ---------------------------------------------------------------------------
     @abstractmethod
@@ -335,7 +353,7 @@ class SequenceTokenizer(ABC):
         """
         C = load_C()
         seqs = as_sequence_list(seqs)
-        threads = self.num_threads if num_threads is None else num_threads
+        threads = self.num_threads if num_threads is None else check_num_threads(num_threads)
         add = self.add_special_tokens if add_special_tokens is None else add_special_tokens
         max_length = self.max_length if max_length is None else max_length
         if max_length is not None and max_length < 0:
