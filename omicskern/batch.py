@@ -57,7 +57,7 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def torch_bool(t):
+def _torch_bool(t):
     """``torch.bool`` (imported only for a tensor that is already there)."""
     import torch
 
@@ -118,7 +118,7 @@ class Batch:
 
                 cu = torch.as_tensor(np.asarray(cu, dtype=np.int64), device=ids.device)
                 object.__setattr__(self, "cu_seqlens", cu)
-            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch_bool(ids):
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == _torch_bool(ids):
                 raise TypeError(f"input_ids must hold integer token ids, got {ids.dtype} (a float id is not "
                                 "rounded or truncated; convert deliberately, e.g. ids.long())")
             if ids.dim() != 1 or cu.dim() != 1 or cu.numel() < 1:
@@ -568,7 +568,7 @@ class PaddedBatch:
         ids = self.input_ids
         kind = getattr(getattr(ids, "dtype", None), "kind", None)
         if kind is None and hasattr(ids, "is_floating_point"):  # a torch tensor
-            bad = ids.is_floating_point() or ids.is_complex() or ids.dtype == torch_bool(ids)
+            bad = ids.is_floating_point() or ids.is_complex() or ids.dtype == _torch_bool(ids)
         else:
             bad = kind is not None and kind not in "iu" and np.size(ids) > 0
         if bad:
