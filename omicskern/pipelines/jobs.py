@@ -147,16 +147,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: Path) -> int:
+def remove_stale_temps(folder: Path, name: str | None = None) -> int:
     """Deletes temporary outputs left in ``folder`` by killed writers of this host (their process
-    is gone); other hosts' (shared file systems) and live ones are left alone."""
+    is gone); other hosts' (shared file systems) and live ones are left alone. With ``name``,
+    only the temporaries of the output ``name`` (a user's folder holding other things)."""
     n = 0
-    for p in Path(folder).iterdir():
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.iterdir():
         m = _TEMP.match(p.name)
+        if name is not None and not p.name.startswith(f".{name}.tmp-"):
+            continue
         if m and m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
             _remove(p)
             n += 1
     return n
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _remove(p: Path) -> None:
@@ -423,31 +437,67 @@ class ShardedJob:
     def _log(self) -> Path:
         return self.out / ".progress.jsonl"
 
-    def is_done(self, unit: WorkUnit) -> bool:
-        return (self.out / unit.shard).is_file()
+    def _entry(self, unit: WorkUnit) -> dict:
+        entries = self.manifest.entries if self.manifest is not None else []
+        e = entries[unit.index] if unit.index < len(entries) else None
+        return e if isinstance(e, dict) and e.get("shard") == unit.shard else {}
+
+    def is_done(self, unit: WorkUnit, verify: bool = True) -> bool:
+        """The unit's shard is there with the size (and, with ``verify``, the blake2b) recorded
+        when it was written. A shard nothing recorded (killed between rename and log), a
+        truncated or a changed one is not done."""
+        e = self._entry(unit)
+        try:
+            size = (self.out / unit.shard).stat().st_size
+        except OSError:
+            return False
+        if e.get("bytes") != size or not isinstance(e.get("blake2b"), str):
+            return False
+        return not verify or _file_digest(self.out / unit.shard) == e["blake2b"]
 
     def pending(self, rank: int = 0, world_size: int = 1, how: str = "contiguous") -> list[WorkUnit]:
-        """This rank's units whose shard is not there yet (a lost shard is redone)."""
-        return [u for u in split_by_rank(self.units, rank, world_size, how) if not self.is_done(u)]
+        """This rank's units whose shard is not there and valid yet: each recorded shard is
+        checked against the size and blake2b recorded when it was written (one read of the
+        done output); a lost, truncated or corrupted shard is removed and redone."""
+        todo = []
+        for u in split_by_rank(self.units, rank, world_size, how):
+            if not self.is_done(u):
+                with contextlib.suppress(OSError):
+                    (self.out / u.shard).unlink()
+                todo.append(u)
+        return todo
 
     def write_shard(self, unit: WorkUnit, write: Callable[[Path], None], **info) -> Path:
-        """Writes the unit's shard atomically and logs it done (with ``info``)."""
-        path = atomic_write(self.out / unit.shard, write, fsync_dir=False)
-        line = json.dumps({"index": unit.index, **info}, sort_keys=True) + "\n"
+        """Writes the unit's shard atomically and logs it done (with ``info``, its size and its
+        blake2b, checked on resume)."""
+        sums: dict = {}
+
+        def write_and_sum(tmp: Path) -> None:
+            write(tmp)
+            sums.update(bytes=tmp.stat().st_size, blake2b=_file_digest(tmp))
+
+        path = atomic_write(self.out / unit.shard, write_and_sum, fsync_dir=False)
+        line = json.dumps({"index": unit.index, **info, **sums}, sort_keys=True) + "\n"
         fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
-        if time.monotonic() - self._flushed > self.flush_s:
+        if time.monotonic() - self._flushed > self._flush_every:
             self.flush()
         return path
 
+    _flush_every = flush_s
+
     def flush(self) -> None:
-        """Merges the progress log and the shards present into manifest.json."""
+        """Merges the progress log and the shards present into manifest.json. A flush costs
+        O(units); the next one waits at least 20 times as long as this one took, so flushing
+        stays a small share of the run (linear in units overall, whatever their number)."""
+        t0 = time.monotonic()
         with _locked(self.out):
             self._merge_progress()
         self._flushed = time.monotonic()
+        self._flush_every = max(self.flush_s, 20 * (self._flushed - t0))
 
     finish = flush
 
@@ -466,8 +516,12 @@ class ShardedJob:
                     info[d.pop("index")] = d
         changed = False
         for i, e in enumerate(m.entries):
-            done = (self.out / e["shard"]).is_file()
-            new = {**e, "done": done, **(info.get(i, {}) if done else {})}
+            new = {**e, **info.get(i, {})}
+            try:
+                done = (self.out / e["shard"]).stat().st_size == new.get("bytes")
+            except OSError:
+                done = False
+            new["done"] = done
             if new != e:
                 m.entries[i] = new
                 changed = True

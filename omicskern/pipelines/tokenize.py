@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from omicskern.pipelines.jobs import (JOB_MEMBER, MANIFEST_FORMAT, JobKey, ShardedJob, atomic_write, check_output,
-                                      digest, record_job)
+                                      digest, record_job, remove_stale_temps)
 from omicskern.pipelines.units import WorkUnit, fasta_units, split_by_rank
 
 __all__ = ["tokenize_fasta", "tokenize_cells", "TokenizeResult", "CellsResult", "fasta_fingerprint",
@@ -164,21 +164,32 @@ class TokenizeResult:
 
 def _encode_unit(tok, fa, unit: WorkUnit, window: int | None, stride: int | None, add: bool,
                  res: TokenizeResult, bar, data_cache: dict) -> dict:
-    """All rows of one unit: windows ``[unit.start, unit.stop)`` of its record (encoded in batches)."""
+    """All rows of one unit: windows ``[unit.start, unit.stop)`` of its record, or every window of
+    each of its records (a grouped unit), encoded in batches of up to 16 Mbp."""
     from omicskern.errors import InvalidSequenceError
     from omicskern.io.fasta import window_starts
 
-    name = unit.name
-    if data_cache.get("name") != name:
-        data_cache.update(name=name, data=fa.sequence(name).encode("utf-8", "surrogateescape"))
-    data = data_cache["data"]
-    n = len(data)
-    if window:
-        starts = window_starts(n, window, stride or window)[unit.start:unit.stop]
-        ends = [min(s + window, n) for s in starts]
-    else:
-        starts, ends = [0], [n]
-    view = memoryview(data)
+    views: list[memoryview] = []
+    row_names: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    for name in unit.names:
+        if data_cache.get("name") != name:
+            data_cache.update(name=name, data=fa.sequence(name).encode("utf-8", "surrogateescape"))
+        data = data_cache["data"]
+        n = len(data)
+        if window:
+            st = window_starts(n, window, stride or window)
+            if not unit.records:
+                st = st[unit.start:unit.stop]
+            en = [min(s + window, n) for s in st]
+        else:
+            st, en = [0], [n]
+        view = memoryview(data)
+        views.extend(view[s:e] for s, e in zip(st, en))
+        row_names.extend([name] * len(st))
+        starts.extend(st)
+        ends.extend(en)
     batch_bases = 1 << 24  # bounds the window copies held at once
     id_parts, len_parts = [], []
     i = 0
@@ -187,16 +198,15 @@ def _encode_unit(tok, fa, unit: WorkUnit, window: int | None, stride: int | None
         while j < len(starts) and (j == i or size + ends[j] - starts[j] <= batch_bases):
             size += ends[j] - starts[j]
             j += 1
-        seqs = [view[s:e] for s, e in zip(starts[i:j], ends[i:j])]
         t0 = time.perf_counter()
         try:
-            batch = tok.encode_batch(seqs, padding=False, add_special_tokens=add)
+            batch = tok.encode_batch(views[i:j], padding=False, add_special_tokens=add)
         except InvalidSequenceError as e:
             row = i + (e.index or 0)
             pos = starts[row] + (e.position or 0)
             detail = str(e).split(": ", 1)[-1]
-            raise InvalidSequenceError(f"record {name!r}, position {pos} (0-based): {detail}", index=e.index,
-                                       position=pos, byte=e.byte, name=name) from None
+            raise InvalidSequenceError(f"record {row_names[row]!r}, position {pos} (0-based): {detail}",
+                                       index=e.index, position=pos, byte=e.byte, name=row_names[row]) from None
         res.encode_s += time.perf_counter() - t0
         id_parts.append(np.asarray(batch.input_ids))
         len_parts.append(np.diff(np.asarray(batch.cu_seqlens)))
@@ -210,7 +220,7 @@ def _encode_unit(tok, fa, unit: WorkUnit, window: int | None, stride: int | None
     np.cumsum(lengths, out=offsets[1:])
     res.rows += len(starts)
     res.tokens += int(ids.size)
-    return {"ids": ids, "offsets": offsets, "names": [name] * len(starts), "starts": starts, "ends": ends}
+    return {"ids": ids, "offsets": offsets, "names": row_names, "starts": starts, "ends": ends}
 
 
 def _merge(parts: list[dict]) -> dict:
@@ -264,7 +274,8 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
     split_by_rank([], rank, world_size)  # checks rank / world_size
     with FastaFile(fasta) as fa:
         names = list(records) if records else list(fa.names)
-        missing = [n for n in names if n not in fa.names]
+        known = set(fa.names)  # a set: a list test per record made 300k records take minutes
+        missing = [n for n in names if n not in known] if records else []
         if missing:
             raise KeyError(f"records not in {fasta}: {', '.join(missing)}")
         lengths = dict(zip(fa.names, fa.lengths))
@@ -282,8 +293,14 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
                     "records": names if records else None, "add_special_tokens": bool(add_special_tokens)}
         if sharded:
             settings["max_unit_bases"] = max_unit_bases
+            if max_unit_bases:  # short records are packed into units of ~max_unit_bases (layout 2)
+                settings["unit_layout"] = 2
         key = JobKey("tokenize-fasta", fingerprint, tokenizer_identity(tok), settings)
-        units = fasta_units(names, [lengths[n] for n in names], window, stride, max_unit_bases if sharded else None)
+        # a single file: units only batch the work (the output does not depend on them), so pack
+        # short records into big units (one encode_batch call per ~4 Mbp, not per record)
+        group = (max_unit_bases if sharded else 1 << 22) or None
+        units = fasta_units(names, [lengths[n] for n in names], window, stride,
+                            max_unit_bases if sharded else None, group_bases=group)
         config = {**(describe or {}), "input": fingerprint, "window": window,
                   "stride": stride, "records": list(records) if records else None, "uppercased": uppercased}
         if describe and "tokenizer" in describe:
@@ -319,15 +336,18 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
                 warnings.simplefilter("always")
                 for u in todo:
                     rows = _encode_unit(tok, fa, u, window, stride, add_special_tokens, res, bar, cache)
-                    if u.name not in seen:
-                        seen.add(u.name)
-                        res.records += 1
+                    for rec_name in u.names:
+                        if rec_name not in seen:
+                            seen.add(rec_name)
+                            res.records += 1
                     if unk is not None:
                         res.unk_tokens += int(np.count_nonzero(rows["ids"] == unk))
                     if sink is not None:
                         sink(rows)
                     if job is not None:
                         meta = {**config, "record": u.name, "unit": [u.start, u.stop], "job_key": key.hexdigest}
+                        if u.records:
+                            meta["records"] = [u.records[0], u.records[-1], len(u.records)]
                         arrays = _rows_arrays(rows, meta, key)
                         job.write_shard(u, lambda tmp, a=arrays: write_npz(tmp, a), rows=len(rows["names"]),
                                         tokens=int(rows["ids"].size))
@@ -341,6 +361,7 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
                 job.finish()
     if out is not None and not sharded:
         arrays = _rows_arrays(_merge(parts), {**config, "job_key": key.hexdigest}, key)
+        remove_stale_temps(out.parent if str(out.parent) else Path("."), name=out.name)  # killed runs' leftovers
         atomic_write(out, lambda tmp: write_npz(tmp, arrays))
     if job is not None:
         res.complete = job.complete
@@ -390,6 +411,7 @@ def tokenize_cells(input: str | os.PathLike, tokenizer, out: str | os.PathLike, 
         result.save(tmp, fmt)
         record_job(tmp, key, fmt)
 
+    remove_stale_temps(out.parent, name=out.name)  # leftovers of killed runs
     atomic_write(out, write)
     return CellsResult(out, fmt, key.hexdigest, cells=len(result), tokens=int(len(result.input_ids)),
                        report=getattr(result, "report", None))

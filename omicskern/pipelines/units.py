@@ -35,14 +35,27 @@ class WorkUnit:
     start: int
     stop: int
     size: int
+    #: several whole records in one unit (``name`` is the first; all their windows): set by
+    #: :func:`fasta_units` with ``group_bases``, so 300,000 short reads are not 300,000 shards
+    records: tuple = ()
 
     @property
     def shard(self) -> str:
         """File name of this unit's shard."""
         return f"shard-{self.index:05d}.npz"
 
+    @property
+    def names(self) -> tuple:
+        """The records this unit covers."""
+        return self.records or (self.name,)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.records:
+            del d["records"]
+        else:
+            d["records"] = list(self.records)
+        return d
 
 
 def _n_windows(length: int, window: int | None, stride: int | None) -> int:
@@ -54,12 +67,38 @@ def _n_windows(length: int, window: int | None, stride: int | None) -> int:
 
 
 def fasta_units(names: Sequence[str], lengths: Sequence[int], window: int | None = None,
-                stride: int | None = None, max_unit_bases: int | None = None) -> list[WorkUnit]:
+                stride: int | None = None, max_unit_bases: int | None = None,
+                group_bases: int | None = None) -> list[WorkUnit]:
     """One unit per record; with ``window`` and ``max_unit_bases``, a record longer than
     ``max_unit_bases`` is cut into units of consecutive windows covering about that many bases
-    (start to start), so a big chromosome is not one long unit."""
+    (start to start), so a big chromosome is not one long unit. With ``group_bases``,
+    consecutive records of at most that many bases are packed whole into one unit of up to
+    ``group_bases`` bases (``records`` lists them), so many short records make few units.
+    Linear in the number of records."""
     units: list[WorkUnit] = []
+    group: list[tuple[str, int]] = []
+    group_size = 0
+
+    def close_group() -> None:
+        nonlocal group_size
+        if len(group) == 1:  # a plain one-record unit: all its windows
+            name, length = group[0]
+            units.append(WorkUnit(len(units), name, 0, _n_windows(length, window, stride), int(length)))
+        elif group:  # start/stop count records here
+            units.append(WorkUnit(len(units), group[0][0], 0, len(group), int(group_size),
+                                  tuple(n for n, _ in group)))
+        if group:
+            group.clear()
+            group_size = 0
+
     for name, length in zip(names, lengths):
+        if group_bases and group_bases > 0 and length <= group_bases:
+            if group and group_size + length > group_bases:
+                close_group()
+            group.append((str(name), int(length)))
+            group_size += int(length)
+            continue
+        close_group()
         n = _n_windows(length, window, stride)
         step = n
         if window and max_unit_bases and max_unit_bases > 0:
@@ -72,6 +111,7 @@ def fasta_units(names: Sequence[str], lengths: Sequence[int], window: int | None
             else:
                 size = length
             units.append(WorkUnit(len(units), str(name), a, b, int(max(size, 0))))
+    close_group()
     return units
 
 
