@@ -87,6 +87,33 @@ def tokenizer_identity(tok) -> dict:
     return ident
 
 
+def _state(v):
+    """A JSON-able, content-exact stand-in for a tokenizer attribute (arrays by hash)."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        a = np.ascontiguousarray(v)
+        return {"ndarray": hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest(), "dtype": str(a.dtype),
+                "shape": list(a.shape)}
+    if isinstance(v, dict):
+        return [[str(k), _state(x)] for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))]
+    if isinstance(v, (list, tuple)):
+        return [_state(x) for x in v]
+    if isinstance(v, (str, int, float, bool, type(None))):
+        return v
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    return f"<{type(v).__qualname__}>"
+
+
+def cell_tokenizer_identity(tok) -> dict:
+    """What makes a cell tokenizer's output: its class and every public and private setting and
+    table (token dictionary, medians, bins...) by content; threads and chunk size excluded."""
+    skip = _IGNORED_ATTRS | {"chunk_size"}
+    state = {k: _state(v) for k, v in sorted(vars(tok).items()) if k not in skip}
+    return {"class": f"{type(tok).__module__}.{type(tok).__qualname__}", "state": digest(state)}
+
+
 def _vocab_has_lower(tok) -> bool:
     special = getattr(tok, "special_ids", frozenset())
     for t, i in tok.get_vocab().items():
@@ -272,6 +299,13 @@ def tokenize_fasta(fasta: str | os.PathLike, tokenizer, *, out: str | os.PathLik
     if world_size != 1 and not sharded:
         raise ValueError("rank/world_size need a sharded (folder) output")
     split_by_rank([], rank, world_size)  # checks rank / world_size
+    if records is not None and len(set(records)) != len(records):
+        dup = next(n for i, n in enumerate(records) if n in records[:i])
+        raise ValueError(f"records: {dup!r} given more than once")
+    if out is not None:
+        from omicskern.io.writers import check_writable
+
+        check_writable(out)  # before any work, not after the whole genome is tokenized
     with FastaFile(fasta) as fa:
         names = list(records) if records else list(fa.names)
         known = set(fa.names)  # a set: a list test per record made 300k records take minutes
@@ -399,10 +433,13 @@ def tokenize_cells(input: str | os.PathLike, tokenizer, out: str | os.PathLike, 
     matrix has no cheaper exact fingerprint; a re-saved identical h5ad counts as another input:
     refused, never wrongly reused), ``identity`` (what the tokenizer was built from, e.g. hashes
     of its dictionary files) and ``settings``. Rerunning a finished job does nothing."""
+    from omicskern.io.writers import check_writable
+
     input, out = Path(input), Path(out)
     fmt = fmt or _infer_format(out)
+    check_writable(out)  # before any work
     key = JobKey("tokenize-cells", {"type": "file", "bytes": input.stat().st_size, "blake2b": file_digest(input)},
-                 identity or {"class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"},
+                 identity or cell_tokenizer_identity(tokenizer),
                  {**(settings or {}), "layer": layer, "format": fmt})
     if check_output(out, key, overwrite=overwrite):
         return CellsResult(out, fmt, key.hexdigest, reused=True)

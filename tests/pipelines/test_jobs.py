@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,43 @@ def test_tokenize_fasta_moved_input_resumes_changed_refused(tmp_path):
     for name in os.listdir(out):
         if name.startswith("shard-"):
             assert (out / name).read_bytes() == (out2 / name).read_bytes()
+
+
+def test_tokenize_cells_api_keys_on_the_tokenizers_content(tmp_path):
+    """Without an explicit identity, the job key holds the cell tokenizer's tables by content: a
+    changed median is another job, another thread count is the same job."""
+    import anndata as ad
+
+    from omicskern.errors import JobMismatchError as _Mismatch
+    from omicskern.pipelines.tokenize import tokenize_cells
+    from omicskern.tokenizers import RankValueTokenizer
+
+    h5ad = Path(__file__).resolve().parents[1] / "data" / "sc" / "pbmc_10x_v3_small.h5ad"
+    genes = ad.read_h5ad(h5ad, backed="r").var["ensembl_id"].tolist()
+    tokens = {"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3, **{g: 4 + i for i, g in enumerate(genes)}}
+    medians = {g: 1.0 + i % 3 for i, g in enumerate(genes)}
+    out = tmp_path / "cells.npz"
+    first = tokenize_cells(h5ad, RankValueTokenizer(tokens, medians), out)
+    again = tokenize_cells(h5ad, RankValueTokenizer(tokens, medians, num_threads=1), out)
+    assert not first.reused and again.reused and again.job_key == first.job_key
+    changed = dict(medians)
+    changed[genes[0]] = 9.0
+    with pytest.raises(_Mismatch, match="another job"):
+        tokenize_cells(h5ad, RankValueTokenizer(tokens, changed), out)
+
+
+def test_tokenize_fasta_api_refuses_repeated_records_and_unwritable_outputs(tmp_path):
+    from omicskern.pipelines.tokenize import tokenize_fasta
+    from omicskern.tokenizers import CharTokenizer
+
+    fasta = Path(__file__).resolve().parents[1] / "data" / "lambda_phage.fa"
+    from omicskern.io.fasta import FastaFile
+
+    with FastaFile(fasta) as fa:
+        name = fa.names[0]
+    with pytest.raises(ValueError, match="given more than once"):
+        tokenize_fasta(fasta, CharTokenizer(), records=[name, name])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        tokenize_fasta(fasta, CharTokenizer(), out=blocker / "tokens.npz")
