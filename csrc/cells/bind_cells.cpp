@@ -53,9 +53,19 @@ py::array_t<T> need(const py::object& o, const char* name) {
     return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
+// dtype codes, read with the GIL held (check_csr): dispatch() runs with the GIL released and
+// must not touch a Python object (py::isinstance<py::array_t<T>> builds and frees numpy dtype
+// objects: without the GIL that races on reference counts, and debug builds abort in
+// PyGILState_Check).
+enum : int { kI32 = 0, kI64 = 1, kF32 = 2, kF64 = 3 };
+
 struct CsrArgs {
     py::array indptr, indices, data;
     int64_t n_rows, n_cols, base;
+    int indptr_t = kI64, indices_t = kI64, data_t = kF64;
+    const void* indptr_p = nullptr;
+    const void* indices_p = nullptr;
+    const void* data_p = nullptr;
     int64_t span = 0;  // stored values between the first and the last row
     const int64_t* rows = nullptr;
     int64_t n_sel;
@@ -88,16 +98,22 @@ CsrArgs check_csr(const py::array& indptr, const py::array& indices, const py::a
         a.span = static_cast<int64_t>(p[a.n_rows]) - static_cast<int64_t>(p[0]);
     };
     if (py::isinstance<py::array_t<int32_t>>(indptr))
-        check_ptr(static_cast<const int32_t*>(indptr.data()));
+        a.indptr_t = kI32, check_ptr(static_cast<const int32_t*>(indptr.data()));
     else if (py::isinstance<py::array_t<int64_t>>(indptr))
-        check_ptr(static_cast<const int64_t*>(indptr.data()));
+        a.indptr_t = kI64, check_ptr(static_cast<const int64_t*>(indptr.data()));
     else
         throw py::type_error("indptr must be int32 or int64");
-    if (!py::isinstance<py::array_t<int32_t>>(indices) && !py::isinstance<py::array_t<int64_t>>(indices))
-        throw py::type_error("indices must be int32 or int64");
-    if (!py::isinstance<py::array_t<float>>(data) && !py::isinstance<py::array_t<double>>(data) &&
-        !py::isinstance<py::array_t<int32_t>>(data) && !py::isinstance<py::array_t<int64_t>>(data))
-        throw py::type_error("data must be float32, float64, int32 or int64");
+    if (py::isinstance<py::array_t<int32_t>>(indices)) a.indices_t = kI32;
+    else if (py::isinstance<py::array_t<int64_t>>(indices)) a.indices_t = kI64;
+    else throw py::type_error("indices must be int32 or int64");
+    if (py::isinstance<py::array_t<float>>(data)) a.data_t = kF32;
+    else if (py::isinstance<py::array_t<double>>(data)) a.data_t = kF64;
+    else if (py::isinstance<py::array_t<int32_t>>(data)) a.data_t = kI32;
+    else if (py::isinstance<py::array_t<int64_t>>(data)) a.data_t = kI64;
+    else throw py::type_error("data must be float32, float64, int32 or int64");
+    a.indptr_p = indptr.data();
+    a.indices_p = indices.data();
+    a.data_p = data.data();
     if (!rows.is_none()) {
         a.rows_arr = need<int64_t>(rows, "rows");
         a.n_sel = a.rows_arr.size();
@@ -118,7 +134,8 @@ int threads_for(const CsrArgs& a, int num_threads) {
     return a.span < (int64_t(1) << 18) ? 1 : num_threads;
 }
 
-// Calls fn(Csr<I, X, T>) for the arrays' dtypes.
+// Calls fn(Csr<I, X, T>) for the arrays' dtypes. Runs without the GIL: uses only the dtype codes
+// and raw pointers that check_csr took with the GIL held (no py:: call here).
 template <class Fn>
 void dispatch(const CsrArgs& a, Fn&& fn) {
     auto with_t = [&](auto* ip, auto* ix) {
@@ -128,17 +145,19 @@ void dispatch(const CsrArgs& a, Fn&& fn) {
             using T = std::remove_const_t<std::remove_pointer_t<decltype(dp)>>;
             fn(Csr<I, X, T>{ip, ix, dp, a.base, a.n_cols});
         };
-        if (py::isinstance<py::array_t<float>>(a.data)) go(static_cast<const float*>(a.data.data()));
-        else if (py::isinstance<py::array_t<double>>(a.data)) go(static_cast<const double*>(a.data.data()));
-        else if (py::isinstance<py::array_t<int32_t>>(a.data)) go(static_cast<const int32_t*>(a.data.data()));
-        else go(static_cast<const int64_t*>(a.data.data()));
+        switch (a.data_t) {
+            case kF32: go(static_cast<const float*>(a.data_p)); break;
+            case kF64: go(static_cast<const double*>(a.data_p)); break;
+            case kI32: go(static_cast<const int32_t*>(a.data_p)); break;
+            default: go(static_cast<const int64_t*>(a.data_p)); break;
+        }
     };
     auto with_x = [&](auto* ip) {
-        if (py::isinstance<py::array_t<int32_t>>(a.indices)) with_t(ip, static_cast<const int32_t*>(a.indices.data()));
-        else with_t(ip, static_cast<const int64_t*>(a.indices.data()));
+        if (a.indices_t == kI32) with_t(ip, static_cast<const int32_t*>(a.indices_p));
+        else with_t(ip, static_cast<const int64_t*>(a.indices_p));
     };
-    if (py::isinstance<py::array_t<int32_t>>(a.indptr)) with_x(static_cast<const int32_t*>(a.indptr.data()));
-    else with_x(static_cast<const int64_t*>(a.indptr.data()));
+    if (a.indptr_t == kI32) with_x(static_cast<const int32_t*>(a.indptr_p));
+    else with_x(static_cast<const int64_t*>(a.indptr_p));
 }
 
 // A RawBuffer as a 1-D numpy array that owns it (zero-copy).
@@ -153,7 +172,7 @@ py::dict rank_value_py(const py::array& indptr, const py::array& indices, const 
                        const py::object& col_slot_o, const py::object& slot_token_o, const py::object& slot_median_o,
                        const py::object& totals_o, const py::object& rows_o, int64_t base, int64_t max_genes,
                        int32_t cls_id, int32_t eos_id, double target_sum, bool skip_empty,
-                       const py::object& slot_col_o, int num_threads) {
+                       const py::object& slot_col_o, int num_threads, int arithmetic) {
     CsrArgs a = check_csr(indptr, indices, data, n_cols, rows_o, base);
     auto col_slot = need<int32_t>(col_slot_o, "col_slot");
     auto slot_token = need<int32_t>(slot_token_o, "slot_token");
@@ -191,7 +210,8 @@ py::dict rank_value_py(const py::array& indptr, const py::array& indices, const 
         scp = slot_col.data();
     }
     RankParams p{col_slot.data(), slot_token.data(), slot_median.data(), scp, n_slots, tp, max_genes,
-                 cls_id, eos_id, target_sum, skip_empty};
+                 cls_id, eos_id, target_sum, skip_empty, arithmetic};
+    if (arithmetic < 0 || arithmetic > 3) throw py::value_error("arithmetic must be 0, 1, 2 or 3");
     RankResult r;
     try {
         py::gil_scoped_release nogil;
@@ -290,8 +310,9 @@ void register_cells(py::module_& m) {
           py::arg("totals") = py::none(), py::arg("rows") = py::none(), py::arg("base") = 0,
           py::arg("max_genes") = 2048, py::arg("cls_id") = -1, py::arg("eos_id") = -1,
           py::arg("target_sum") = 10000.0, py::arg("skip_empty") = true, py::arg("slot_col") = py::none(),
-          py::arg("num_threads") = 0,
-          "Geneformer rank-value encoding of CSR rows (see csrc/cells/rank.cpp). Returns a dict of numpy "
+          py::arg("num_threads") = 0, py::arg("arithmetic") = 0,
+          "Geneformer rank-value encoding of CSR rows (see csrc/cells/rank.cpp; arithmetic: see RankParams "
+          "in csrc/cells/cells.h). Returns a dict of numpy "
           "arrays: ids, offsets, out_rows, n_detected, totals, non_integer.");
     m.def("cells_bin_count", &bin_count_py, py::arg("indptr"), py::arg("indices"), py::arg("data"),
           py::arg("n_cols"), py::arg("col_token"), py::arg("rows") = py::none(), py::arg("base") = 0,

@@ -255,6 +255,11 @@ struct RankParams {
     int32_t eos_id;               // < 0: none
     double target_sum;            // 10,000 in Geneformer
     bool skip_empty;              // cells without any dictionary gene produce no output row
+    int arithmetic = 0;           // 0: ((x / total) * target_sum) / median (exact order, Geneformer's loom
+                                  // path); Geneformer's h5ad path (scipy: multiply by reciprocals):
+                                  // 1: ((x * (1 / total)) * target_sum) * (1 / median), float64;
+                                  // 2: as 1 with 1 / total rounded to float32 (float32 n_counts);
+                                  // 3: as 2 with the first two products in float32 (float32 counts too)
 };
 
 struct RankResult {

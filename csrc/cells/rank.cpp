@@ -55,6 +55,51 @@ void normalise(const double* __restrict x, const double* __restrict median, doub
     *hi_out = hi;
 }
 
+// Geneformer's h5ad-path arithmetic (TranscriptomeTokenizer.tokenize_anndata): scipy evaluates
+// X / n_counts * target_sum / medians as X.multiply(1 / n_counts) * target_sum .multiply(1 / medians),
+// so v[i] = ((x[i] * recip) * target_sum) * inv_median[i], recip = 1 / total and inv_median =
+// 1 / median computed by the caller (each a correctly rounded division, as numpy's). Products
+// only, each rounded on its own (no add: nothing to fuse).
+OMICSKERN_CLONES
+void normalise_recip(const double* __restrict x, const double* __restrict inv_median, double* __restrict v,
+                     int64_t n, double recip, double target_sum, int64_t* lo_out, int64_t* hi_out) {
+    int64_t lo = INT64_MAX, hi = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        double t = x[i] * recip;
+        t = t * target_sum;
+        const double r = t * inv_median[i];
+        v[i] = r;
+        int64_t b;
+        std::memcpy(&b, &r, sizeof(b));
+        lo = b < lo ? b : lo;
+        hi = b > hi ? b : hi;
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+// The same with the first two products in float32: numpy's result type of the counts and of
+// 1 / n_counts is float32 when both are (float32 X and float32 n_counts, or 8/16-bit integer
+// counts with float32 n_counts); the median step is float64 (medians are float64). x holds
+// counts that float32 represents exactly (their dtype is float32 or a small integer type).
+OMICSKERN_CLONES
+void normalise_recip32(const double* __restrict x, const double* __restrict inv_median, double* __restrict v,
+                       int64_t n, float recip, float target_sum, int64_t* lo_out, int64_t* hi_out) {
+    int64_t lo = INT64_MAX, hi = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        float t = static_cast<float>(x[i]) * recip;
+        t = t * target_sum;
+        const double r = static_cast<double>(t) * inv_median[i];
+        v[i] = r;
+        int64_t b;
+        std::memcpy(&b, &r, sizeof(b));
+        lo = b < lo ? b : lo;
+        hi = b > hi ? b : hi;
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
 // True when no two columns map to the same dictionary slot (no duplicate gene IDs): then a row
 // whose stored columns strictly increase cannot hold a gene twice.
 inline bool slots_injective(const int32_t* col_slot, int64_t n_cols, size_t n_slots) {
@@ -290,11 +335,16 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
         int32_t token;
         int32_t tie;
     };
+    // Geneformer arithmetic multiplies by 1 / median: the table holds the reciprocals then.
+    const bool gf = p.arithmetic != 0;
+    std::vector<double> slot_factor(p.slot_median, p.slot_median + n_slots);
+    if (gf)
+        for (double& f : slot_factor) f = 1.0 / f;
     std::vector<ColGene> col_gene(static_cast<size_t>(m.n_cols));
     for (int64_t c = 0; c < m.n_cols; ++c) {
         const int32_t s = p.col_slot[c];
         col_gene[c] = s < 0 ? ColGene{1.0, 0, -1}
-                            : ColGene{p.slot_median[s], p.slot_token[s], p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c)};
+                            : ColGene{slot_factor[s], p.slot_token[s], p.slot_col ? p.slot_col[s] : static_cast<int32_t>(c)};
     }
     ScratchPool<Stamp> stamps;
     for_each_blocked(n_sel, threads, stamps, [&](int64_t sel, Stamp& stamp) {
@@ -399,14 +449,24 @@ RankResult rank_value(const Csr<I, X, T>& m, const int64_t* rows, int64_t n_sel,
             }
             for (int32_t s : t.order) {
                 xs[n] = t.acc[s];
-                md[n] = p.slot_median[s];
+                md[n] = slot_factor[s];
                 cols[n] = p.slot_col ? p.slot_col[s] : t.first_col[s];
                 toks[n] = p.slot_token[s];
                 ++n;
             }
         }
         int64_t lo = 0, hi = 0;
-        normalise(xs, md, t.v.data(), n, total, p.target_sum, &lo, &hi);
+        if (!gf) {
+            normalise(xs, md, t.v.data(), n, total, p.target_sum, &lo, &hi);
+        } else if (p.arithmetic == 2) {  // 1 / n_counts in float32, then float64 products
+            const float rf = 1.0f / static_cast<float>(total);
+            normalise_recip(xs, md, t.v.data(), n, static_cast<double>(rf), p.target_sum, &lo, &hi);
+        } else if (p.arithmetic == 3) {  // 1 / n_counts and the first two products in float32
+            const float rf = 1.0f / static_cast<float>(total);
+            normalise_recip32(xs, md, t.v.data(), n, rf, static_cast<float>(p.target_sum), &lo, &hi);
+        } else {
+            normalise_recip(xs, md, t.v.data(), n, 1.0 / total, p.target_sum, &lo, &hi);
+        }
         const int64_t k = std::min<int64_t>(n, p.max_genes);
         rank_genes(n, k, out, t, static_cast<uint64_t>(lo), static_cast<uint64_t>(hi));
         out += k;

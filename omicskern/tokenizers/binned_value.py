@@ -49,7 +49,10 @@ class BinnedValueTokenizer(CellTokenizer):
         filter_column, obs_columns, integer_check, skip_empty, chunk_size, num_threads: as
             :class:`~omicskern.tokenizers.RankValueTokenizer` (``integer_check`` defaults to
             ``"ignore"``: binned values are usually normalised / log1p; a ``filter_column`` that
-            is named must exist).
+            is named must exist). ``skip_empty`` defaults to ``False`` here, as scGPT: a cell with
+            no nonzero kept gene stays, as ``[<cls>]`` with value ``cls_value`` (an empty row
+            without ``append_cls``), and keeps its obs row in ``source``; ``True`` drops such cells
+            (the earlier default: pass it to keep the earlier output).
 
     Attributes: ``pad_token_id`` / ``cls_token_id`` (ids of ``pad_token`` / ``cls_token``;
     ``None`` / -1 when absent or unused).
@@ -66,7 +69,7 @@ class BinnedValueTokenizer(CellTokenizer):
                  truncate: str = "sample", cls_token: str = "<cls>", pad_token: str = "<pad>",
                  pad_value: int = -2, cls_value: int = 0, append_cls: bool = True,
                  filter_column: str | None = None, obs_columns: Sequence[str] | dict = (),
-                 integer_check: str = "ignore", skip_empty: bool = True, chunk_size: int = 8192,
+                 integer_check: str = "ignore", skip_empty: bool = False, chunk_size: int = 8192,
                  num_threads: int = 0):
         if int(n_bins) < 3:
             raise ValueError(f"n_bins must be >= 3, got {n_bins}")

@@ -32,7 +32,8 @@ import numpy as np
 from omicskern._native import load_C
 from omicskern.batch import Batch
 from omicskern.errors import InvalidCountsError
-from omicskern.io.cells import CellMatrix, Chunk, cell_label, open_cells, rethrow_counts_error
+from omicskern.io.cells import (CellMatrix, Chunk, _fix_dtypes, cell_label, gene_label, open_cells,
+                                rethrow_counts_error)
 
 __all__ = ["CellTokenizer", "TokenizeReport", "concat_reports", "INTEGER_CHECKS"]
 
@@ -184,10 +185,14 @@ class CellTokenizer:
             bar = _progress(progress, m.n_obs)
             C = load_C()
             first_non_int = None
-            for ch in m.chunks(self.chunk_size):
+            for ch, raw_dtype, too_large in _chunks(m, self.chunk_size):
                 n = ch.stop - ch.start
                 rows = None if keep_all is None else np.flatnonzero(keep_all[ch.start:ch.stop]).astype(np.int64)
                 sel_rows = np.arange(n, dtype=np.int64) if rows is None else rows
+                if too_large is not None:
+                    _check_too_large(m, ch, sel_rows, too_large)
+                if isinstance(state, dict):
+                    state["raw_dtype"] = raw_dtype  # the counts' dtype before the C++ cast
                 try:
                     r = self._encode_chunk(C, m, ch, rows, sel_rows, state)
                 except InvalidCountsError as e:
@@ -227,6 +232,46 @@ class CellTokenizer:
             return None
         rep.filter_source = f"obs column {self.filter_column!r} == 1"
         return np.asarray(col == 1, bool) if col.dtype != bool else col.astype(bool)
+
+
+def _chunks(m: CellMatrix, chunk_size: int):
+    """``m.chunks(chunk_size)`` as ``(chunk, raw_dtype, too_large)``: the counts' dtype as stored
+    (before the cast to a dtype of the C++ core: uint64 -> int64, uint16 -> int64...), and for
+    uint64 counts of 2**63 or more (which that cast would wrap to negative numbers) their
+    ``(mask over the chunk's stored values, the uint64 values)``, else ``None``."""
+    chunk_size = max(1, int(chunk_size))
+    for s in range(0, m.n_obs, chunk_size):
+        e = min(m.n_obs, s + chunk_size)
+        ip, ix, dt, base = m._reader(s, e)
+        raw = np.dtype(dt.dtype)
+        too_large = None
+        if raw == np.uint64:
+            lo, hi = int(ip[0]) - base, int(ip[-1]) - base
+            vals = np.asarray(dt[lo:hi])
+            big = vals >= np.uint64(2**63)
+            if big.any():
+                too_large = (big, vals)
+        ip, ix, dt, base = _fix_dtypes(ip, ix, dt, base)
+        yield Chunk(s, e, ip, ix, dt, base), raw, too_large
+
+
+def _check_too_large(m: CellMatrix, ch: Chunk, sel_rows: np.ndarray, too_large) -> None:
+    """Raises InvalidCountsError for the first selected cell holding a uint64 count >= 2**63
+    (the chunk's stored values start at ``ch.indptr[0] - ch.base`` of the mask)."""
+    big, vals = too_large
+    off = int(ch.indptr[0]) - ch.base
+    starts = ch.indptr[:-1].astype(np.int64) - ch.base - off
+    ends = ch.indptr[1:].astype(np.int64) - ch.base - off
+    for local in sel_rows:
+        hit = np.flatnonzero(big[starts[local]:ends[local]])
+        if hit.size:
+            q = int(starts[local] + hit[0])
+            col = int(ch.indices[off + q])
+            row = ch.start + int(local)
+            err = InvalidCountsError(f"{cell_label(m, row)}, {gene_label(m, col)}: count is too large "
+                                     f"({int(vals[q])}; uint64 counts must be below 2**63)")
+            err.row, err.column, err.value, err.kind = row, col, float(vals[q]), "too_large"
+            raise err
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

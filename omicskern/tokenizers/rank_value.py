@@ -1,8 +1,10 @@
 """Geneformer's rank-value encoding, in C++ over CSR row chunks.
 
 Per cell, over the genes of the token dictionary with a nonzero count:
-``value = ((count / total_counts) * target_sum) / gene_median`` in float64 (this operation order,
-as Geneformer's numpy code, so exact ties are the same), genes ranked by value descending,
+``value = ((count * (1 / total_counts)) * target_sum) * (1 / gene_median)`` in the dtypes scipy
+uses in Geneformer's h5ad path (``arithmetic="geneformer"``, the V1/V2 default; float32 steps for
+float32 ``n_counts``, see docs/cell_tokenizers.md), or ``((count / total) * target_sum) / median``
+in float64 (``arithmetic="exact"``, Geneformer's loom path); genes ranked by value descending,
 truncated to ``model_input_size`` (V2 adds ``<cls>`` first and ``<eos>`` last within it).
 
 Tie rule: equal values go by ascending column index (the first column of a merged duplicate gene);
@@ -25,11 +27,41 @@ from omicskern.tokenizers.cells_base import CellTokenizer, TokenizeReport
 
 PRESETS = {
     # Geneformer V1 (2021, ~30M cells): 2048 genes, no special tokens
-    "V1": {"model_input_size": 2048, "special_tokens": False},
+    "V1": {"model_input_size": 2048, "special_tokens": False, "arithmetic": "geneformer"},
     # Geneformer V2 (~104M cells): 4096 tokens = <cls> + 4094 genes + <eos>
-    "V2": {"model_input_size": 4096, "special_tokens": True},
+    "V2": {"model_input_size": 4096, "special_tokens": True, "arithmetic": "geneformer"},
 }
 
+ARITHMETICS = ("geneformer", "exact")
+DUPLICATE_GENES = ("sum", "geneformer")
+
+
+def geneformer_arithmetic_code(counts_dtype, totals_dtype) -> int:
+    """The C++ core's ``arithmetic`` code (csrc/cells/cells.h, RankParams) reproducing
+    ``X / n_counts * target_sum / medians`` of Geneformer's h5ad path for scipy CSR ``X`` of
+    ``counts_dtype`` and an ``n_counts`` column of ``totals_dtype``: scipy multiplies by
+    ``np.true_divide(1., n_counts)`` (in n_counts' float dtype; float64 for integers), the
+    product in ``np.result_type(X, that)``, times target_sum in that dtype, then by
+    ``1 / medians`` in float64. 1: all float64; 2: the reciprocal in float32, products float64;
+    3: reciprocal and the first two products in float32."""
+    recip = np.true_divide(1.0, np.ones(1, np.dtype(totals_dtype))).dtype
+    if recip == np.float64:
+        return 1
+    if recip != np.float32:
+        raise ValueError(f"arithmetic='geneformer' does not reproduce n_counts of dtype {np.dtype(totals_dtype)} "
+                         "(float16 / extended precision); cast the column to float32 or float64")
+    stage = np.result_type(np.dtype(counts_dtype), recip)
+    return 3 if stage == np.float32 else 2
+
+
+
+class _ColSlots(np.ndarray):
+    """column -> slot table carrying the duplicate_genes="geneformer" layout of its run."""
+
+    layout = None
+
+    def __array_finalize__(self, obj):
+        self.layout = getattr(obj, "layout", None)
 
 
 class RankValueTokenizer(CellTokenizer):
@@ -59,6 +91,13 @@ class RankValueTokenizer(CellTokenizer):
             Negative, NaN and infinite counts are always errors.
         skip_empty: cells with no dictionary gene are left out (Geneformer drops them with a
             warning); otherwise they give an empty (or ``<cls>, <eos>``) sequence.
+        arithmetic: ``"geneformer"`` (default of the V1/V2 presets): Geneformer's h5ad-path
+            arithmetic bit for bit (scipy multiplies by ``1 / n_counts`` in n_counts' dtype, by
+            ``target_sum``, then by ``1 / median``); ``"exact"``: ``((count / total) * target_sum)
+            / median`` in float64 (the loom path; the earlier default).
+        duplicate_genes: ``"sum"``: columns of one gene summed, tie position its first column;
+            ``"geneformer"``: ``sum_ensembl_ids``' layout (literal duplicates kept as two genes
+            when the mapping collapses nothing, else summed genes placed last).
         chunk_size: cells per C++ call (and per read from a backed h5ad).
         num_threads: C++ threads (``<= 0``: all cores).
 
@@ -82,9 +121,17 @@ class RankValueTokenizer(CellTokenizer):
                  upper_case_ids: bool = True, total_counts_column: str | None = "n_counts",
                  filter_column: str | None = "filter_pass", obs_columns: Sequence[str] | dict = (),
                  target_sum: float = 10_000.0, integer_check: str = "warn", skip_empty: bool = True,
+                 arithmetic: str | None = None, duplicate_genes: str = "sum",
                  chunk_size: int = 8192, num_threads: int = 0):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        arithmetic = PRESETS[preset]["arithmetic"] if arithmetic is None else arithmetic
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}")
+        if duplicate_genes not in DUPLICATE_GENES:
+            raise ValueError(f"duplicate_genes must be one of {DUPLICATE_GENES}, got {duplicate_genes!r}")
+        self.arithmetic = arithmetic
+        self.duplicate_genes = duplicate_genes
         super().__init__(gene_column=gene_column, filter_column=filter_column, obs_columns=obs_columns,
                          integer_check=integer_check, skip_empty=skip_empty, chunk_size=chunk_size,
                          num_threads=num_threads)
@@ -135,6 +182,7 @@ class RankValueTokenizer(CellTokenizer):
         import pandas as pd
 
         ser = pd.Series(keys, dtype=object)
+        raw_keys = ser
         if self.symbol_table is not None:
             mapped = ser.map(self.symbol_table)
             rep.n_symbol_mapped = int(mapped.notna().sum())
@@ -147,6 +195,9 @@ class RankValueTokenizer(CellTokenizer):
                 slots[miss] = ser[miss].str.upper().map(slot_of)
         col_slot = slots.fillna(-1).to_numpy(np.int64).astype(np.int32)
         matched = col_slot >= 0
+        layout = None
+        if self.duplicate_genes == "geneformer" and matched.any():
+            layout = self._geneformer_duplicates(raw_keys, col_slot)
         rep.n_genes_matched = int(matched.sum())
         rep.n_genes_missing = m.n_vars - rep.n_genes_matched
         rep.n_duplicate_columns = rep.n_genes_matched - len(np.unique(col_slot[matched]))
@@ -157,18 +208,68 @@ class RankValueTokenizer(CellTokenizer):
                 f"none of the {m.n_vars} genes ({where}, e.g. {', '.join(map(str, keys[:3]))}) is in the token "
                 f"dictionary with a median ({len(self._slot_of)} genes, e.g. {', '.join(list(self._slot_of)[:3])}). "
                 "Check gene_column, or pass symbol_table= for symbols.")
-        return col_slot
+        out = col_slot.view(_ColSlots)
+        out.layout = layout
+        return out
+
+    def _geneformer_duplicates(self, keys, col_slot: np.ndarray):
+        """Geneformer's ``sum_ensembl_ids`` layout of repeated genes: when the mapping (symbol
+        table / upper-casing) merges no two distinct keys, the columns are left as they are, so a
+        literal duplicate ID is a gene twice (its token appears twice); otherwise every gene of
+        several columns is summed and goes after all other genes (``sc.concat([unique, summed])``),
+        in order of first appearance. Returns ``(col_slot, slot_token, slot_median, slot_col)`` or
+        ``None`` when no gene repeats."""
+        matched = np.flatnonzero(col_slot >= 0)
+        slots = col_slot[matched]
+        if len(np.unique(slots)) == len(slots):
+            return None
+        raw = np.asarray(keys, dtype=object)[matched]
+        n_cols = len(col_slot)
+        if len(set(raw.tolist())) == len(np.unique(slots)):
+            # nothing collapsed by the mapping: literal duplicates stay separate genes
+            extra_tok, extra_med, new_slot = [], [], col_slot.copy()
+            seen = set()
+            nxt = len(self._slot_token)
+            for c in matched:
+                s = int(col_slot[c])
+                if s in seen:
+                    new_slot[c] = nxt
+                    extra_tok.append(self._slot_token[s])
+                    extra_med.append(self._slot_median[s])
+                    nxt += 1
+                seen.add(s)
+            tok = np.concatenate([self._slot_token, np.asarray(extra_tok, np.int32)])
+            med = np.concatenate([self._slot_median, np.asarray(extra_med, np.float64)])
+            return new_slot.astype(np.int32), tok, med, None
+        # collapsed: summed genes go last, in order of first appearance
+        uniq, first, counts = np.unique(slots, return_index=True, return_counts=True)
+        slot_col = np.full(len(self._slot_token), np.iinfo(np.int32).max, np.int32)
+        for s_, f_, n_ in zip(uniq, first, counts):
+            slot_col[s_] = matched[f_]
+        dup = uniq[counts > 1]
+        order = np.argsort(first[counts > 1], kind="stable")
+        for rank, s_ in enumerate(dup[order]):
+            slot_col[s_] = n_cols + rank
+        return col_slot, self._slot_token, self._slot_median, slot_col
 
     # ---- tokenizing -------------------------------------------------------------------------
     def _begin(self, m: CellMatrix, col_slot: np.ndarray, rep: TokenizeReport, total_counts=None) -> dict:
         slot_col = None
-        if rep.n_duplicate_columns:
+        slot_token, slot_median = self._slot_token, self._slot_median
+        layout = getattr(col_slot, "layout", None)
+        col_slot = np.asarray(col_slot).view(np.ndarray)
+        if layout is not None:
+            col_slot, slot_token, slot_median, slot_col = layout
+            rep.n_duplicate_columns = 0 if slot_col is None else rep.n_duplicate_columns
+        elif rep.n_duplicate_columns:
             # tie position of a duplicated gene: its first column, whichever columns are nonzero
             slot_col = np.full(len(self._slot_token), np.iinfo(np.int32).max, np.int32)
             matched = np.flatnonzero(col_slot >= 0).astype(np.int32)
             np.minimum.at(slot_col, col_slot[matched], matched)
         totals_all = None
+        totals_dtype = None  # dtype of given totals (Geneformer's arithmetic depends on it)
         if total_counts is not None:
+            totals_dtype = np.asarray(total_counts).dtype
             totals_all = np.asarray(total_counts, np.float64)
             if totals_all.shape != (m.n_obs,):
                 raise ValueError(f"total_counts has shape {totals_all.shape}, expected ({m.n_obs},)")
@@ -177,13 +278,27 @@ class RankValueTokenizer(CellTokenizer):
             col = m.obs_column(self.total_counts_column, required=False)
             if col is not None:
                 try:
+                    totals_dtype = np.asarray(col).dtype
                     totals_all = np.asarray(col, np.float64)
                 except (TypeError, ValueError):
                     raise ValueError(f"obs column {self.total_counts_column!r} is not numeric") from None
                 rep.total_counts_source = f"obs column {self.total_counts_column!r}"
         if totals_all is None:
             rep.total_counts_source = "sum over all genes of each cell"
-        return {"col_slot": col_slot, "slot_col": slot_col, "totals": totals_all}
+        if self.arithmetic == "geneformer" and totals_dtype is not None:
+            geneformer_arithmetic_code(np.float64, totals_dtype)  # refuses float16 totals up front
+        return {"col_slot": col_slot, "slot_col": slot_col, "totals": totals_all, "totals_dtype": totals_dtype,
+                "slot_token": slot_token, "slot_median": slot_median}
+
+    def _arithmetic_code(self, state: dict) -> int:
+        if self.arithmetic == "exact":
+            return 0
+        counts = state.get("raw_dtype") or np.dtype(np.float64)
+        if state["totals_dtype"] is not None:
+            return geneformer_arithmetic_code(counts, state["totals_dtype"])
+        # no n_counts column: Geneformer sums X (scipy keeps float32 sums float32, integer sums
+        # int64), so the reciprocal is float32 exactly for float32 counts
+        return geneformer_arithmetic_code(counts, np.float32 if counts == np.float32 else np.float64)
 
     def _encode_chunk(self, C, m: CellMatrix, ch: Chunk, rows, sel_rows, state: dict) -> dict:
         tot = None
@@ -192,11 +307,12 @@ class RankValueTokenizer(CellTokenizer):
             if rows is not None:
                 tot = tot[rows]
             tot = np.ascontiguousarray(tot, np.float64)
-        return C.cells_rank_value(ch.indptr, ch.indices, ch.data, m.n_vars, state["col_slot"], self._slot_token,
-                                  self._slot_median, totals=tot, rows=rows, base=ch.base,
+        return C.cells_rank_value(ch.indptr, ch.indices, ch.data, m.n_vars, state["col_slot"], state["slot_token"],
+                                  state["slot_median"], totals=tot, rows=rows, base=ch.base,
                                   max_genes=self.max_genes, cls_id=self.cls_token_id, eos_id=self.eos_token_id,
                                   target_sum=self.target_sum, skip_empty=self.skip_empty,
-                                  slot_col=state["slot_col"], num_threads=self.num_threads)
+                                  slot_col=state["slot_col"], num_threads=self.num_threads,
+                                  arithmetic=self._arithmetic_code(state))
 
     def iter_tokenize(self, data, *, gene_ids=None, total_counts=None, layer: str | None = None,
                       progress: bool = False, report: TokenizeReport | None = None) -> Iterator[Batch]:

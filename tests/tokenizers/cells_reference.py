@@ -14,18 +14,42 @@ def dense(X) -> np.ndarray:
     return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
 
 
+def geneformer_values(x, total, medians, target_sum=10_000):
+    """Geneformer's h5ad-path normalisation of one cell, operation for operation as scipy runs
+    ``X_view / n_counts * target_sum / norm_factor_vector`` (csr / dense -> ``multiply(1 / dense)``):
+    ``((x * (1 / n)) * target_sum) * (1 / median)``, each step in numpy's result dtype. ``x``: the
+    cell's nonzero counts in the matrix dtype; ``total``: a 1-element array in n_counts' dtype;
+    ``medians``: float64."""
+    recip_n = np.true_divide(1.0, np.asarray(total).reshape(1))  # n_counts' float dtype
+    t = np.asarray(x) * recip_n                                    # result_type(X, recip)
+    t = t * target_sum                                             # python scalar: same dtype
+    return t * np.true_divide(1.0, np.asarray(medians, np.float64))
+
+
+def geneformer_scipy(X, n_counts, medians, target_sum=10_000):
+    """Upstream's expression itself, on a scipy CSR ``X`` (cells x dictionary genes, column order)
+    and an ``n_counts`` array of its own dtype: the normalised CSR (``X_norm``)."""
+    return sp.csr_matrix(X / np.asarray(n_counts)[:, None] * target_sum / np.asarray(medians, np.float64))
+
+
 def rank_value_ref(X, gene_keys, token_dict, medians, *, totals=None, model_input_size=2048,
-                   special=False, keep=None, skip_empty=True, target_sum=10_000.0):
+                   special=False, keep=None, skip_empty=True, target_sum=10_000.0, arithmetic="geneformer"):
     """Geneformer rank value: returns (list of token arrays, list of input rows).
 
     Columns whose key is in both dictionaries are genes; columns with the same key are summed
-    (Geneformer's sum_ensembl_ids) and sit at their first column for the tie rule. Totals: given,
-    else the sum over ALL columns. value = count / total * target_sum / median (float64, in this
-    order); ranked descending, ties by ascending (first) column; truncated; <cls>/<eos> around."""
+    (Geneformer's sum_ensembl_ids) and sit at their first column for the tie rule. Totals: given
+    (their dtype kept), else the sum over ALL columns (float32 for float32 counts, as scipy's
+    ``X.sum(axis=1)``). arithmetic="exact": value = count / total * target_sum / median (float64, in
+    this order, Geneformer's loom path); "geneformer": :func:`geneformer_values` (the h5ad path).
+    Ranked descending, ties by ascending (first) column (a stable argsort); truncated; <cls>/<eos>."""
     D = dense(X)
     n_cells = D.shape[0]
+    raw = np.asarray(X.toarray() if sp.issparse(X) else X)
     if totals is None:
         totals = D.sum(axis=1)
+        if raw.dtype == np.float32:
+            totals = totals.astype(np.float32)  # exact below 2**24
+    totals_raw = np.asarray(totals)
     totals = np.asarray(totals, np.float64)
     cols_of: dict = {}
     for j, k in enumerate(gene_keys):
@@ -33,9 +57,10 @@ def rank_value_ref(X, gene_keys, token_dict, medians, *, totals=None, model_inpu
             cols_of.setdefault(k, []).append(j)
     first_col = {k: c[0] for k, c in cols_of.items()}
     genes = list(first_col)
-    G = np.zeros((n_cells, len(genes)))
+    G = np.zeros((n_cells, len(genes)), raw.dtype if raw.dtype.kind == "f" else np.float64)
     for gi, k in enumerate(genes):
         G[:, gi] = D[:, cols_of[k]].sum(axis=1)
+    Graw = raw[:, [cols_of[k][0] for k in genes]] if raw.dtype.kind in "iu" else G
     gcol = np.array([first_col[k] for k in genes], np.int64)
     gtok = np.array([token_dict[k] for k in genes], np.int64)
     gmed = np.array([medians[k] for k in genes], np.float64)
@@ -47,7 +72,12 @@ def rank_value_ref(X, gene_keys, token_dict, medians, *, totals=None, model_inpu
         nz = np.flatnonzero(G[i])
         if len(nz) == 0 and skip_empty:
             continue
-        v = G[i, nz] / totals[i] * target_sum / gmed[nz]
+        if arithmetic == "exact":
+            v = G[i, nz].astype(np.float64) / totals[i] * target_sum / gmed[nz]
+        else:
+            dupl = any(len(cols_of[k]) > 1 for k in genes)
+            x = G[i, nz] if dupl or raw.dtype.kind == "f" else Graw[i, nz]
+            v = geneformer_values(x, totals_raw[i:i + 1], gmed[nz], target_sum)
         order = np.lexsort((gcol[nz], -v))[:n_genes]
         toks = gtok[nz][order]
         if special:
@@ -57,7 +87,7 @@ def rank_value_ref(X, gene_keys, token_dict, medians, *, totals=None, model_inpu
     return out, rows
 
 
-def bin_ref(X, col_token, *, n_bins=51, rand_seed=None, cls_id=None, skip_empty=True, keep=None):
+def bin_ref(X, col_token, *, n_bins=51, rand_seed=None, cls_id=None, skip_empty=False, keep=None):
     """scGPT binning of each cell's nonzero values in kept columns (col_token >= 0), column
     order. rand_seed=None: np.digitize; else scGPT's _digitize(side="both") with draws from
     np.random.seed(rand_seed) + np.random.rand(n) per non-empty cell, in cell order. Returns
