@@ -53,7 +53,10 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="C++ threads (0 = all cores)")
     p.add_argument("--integer-check", choices=("warn", "error", "ignore"), default=None,
                    help="non-integer counts (default: warn for rank, ignore for bin)")
-    p.add_argument("--keep-empty", action="store_true", help="keep cells without any known gene (empty sequences)")
+    p.add_argument("--keep-empty", action="store_true", default=None,
+                   help="keep cells without any known gene (the default for bin, as scGPT keeps them as [<cls>])")
+    p.add_argument("--skip-empty", action="store_true", default=None,
+                   help="leave out cells without any known gene (the default for rank, as Geneformer drops them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("rank (Geneformer); refused with --method bin")
     g.add_argument("--token-dict", help="token dictionary (Geneformer .pkl, .json or .tsv)")
@@ -83,6 +86,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--method rank needs --token-dict and --gene-medians")
     if not rank and not args.vocab:
         raise UsageError("--method bin needs --vocab")
+    if args.keep_empty and args.skip_empty:
+        raise UsageError("--keep-empty and --skip-empty exclude each other")
     if args.chunk_size < 1:
         raise UsageError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     if args.threads < 0:
@@ -129,7 +134,7 @@ def make_tokenizer(args: argparse.Namespace):
             total_counts_column=args.total_counts_column or "n_counts",
             filter_column=args.filter_column if args.filter_column else "filter_pass",
             obs_columns=obs_columns, integer_check=args.integer_check or "warn",
-            skip_empty=not args.keep_empty, chunk_size=args.chunk_size, num_threads=args.threads)
+            skip_empty=not args.keep_empty, chunk_size=args.chunk_size, num_threads=args.threads)  # Geneformer: drop
     from omicskern.tokenizers.binned_value import BinnedValueTokenizer
 
     gene_column = None if args.gene_column in (None, "index") else args.gene_column
@@ -138,7 +143,7 @@ def make_tokenizer(args: argparse.Namespace):
         gene_subset=args.gene_subset, tie_break=args.tie_break or "deterministic",
         seed=args.seed or 0, truncate=args.truncate or "sample",
         filter_column=args.filter_column, obs_columns=obs_columns,
-        integer_check=args.integer_check or "ignore", skip_empty=not args.keep_empty,
+        integer_check=args.integer_check or "ignore", skip_empty=bool(args.skip_empty),  # scGPT: keep as [<cls>]
         chunk_size=args.chunk_size, num_threads=args.threads, max_length=args.max_len)
 
 

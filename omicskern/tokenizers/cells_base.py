@@ -34,6 +34,7 @@ from omicskern.batch import Batch
 from omicskern.errors import InvalidCountsError
 from omicskern.io.cells import (CellMatrix, Chunk, _fix_dtypes, cell_label, gene_label, open_cells,
                                 rethrow_counts_error)
+from omicskern.tokenizers.base import check_num_threads
 
 __all__ = ["CellTokenizer", "TokenizeReport", "concat_reports", "INTEGER_CHECKS"]
 
@@ -137,7 +138,7 @@ class CellTokenizer:
         self.integer_check = integer_check
         self.skip_empty = skip_empty
         self.chunk_size = int(chunk_size)
-        self.num_threads = int(num_threads)
+        self.num_threads = check_num_threads(num_threads)
 
     # ---- to implement -----------------------------------------------------------------------
     def _match_genes(self, m: CellMatrix, gene_ids, report: TokenizeReport) -> np.ndarray:

@@ -87,3 +87,32 @@ def test_subprocess_help():
     r = subprocess.run([sys.executable, "-m", "omicskern", "tokenize-cells", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "--method" in r.stdout
+
+
+def test_empty_cells_default_per_method(tmp_path):
+    """scGPT keeps an all-zero cell as [<cls>] (bin keeps it by default); Geneformer drops it (rank
+    skips by default); the other behaviour is one flag away, and both flags together are refused."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(np.array([[3, 0, 1], [0, 0, 0], [0, 2, 5]], dtype=np.float32))
+    a = ad.AnnData(X)
+    a.var_names = ["GA", "GB", "GC"]
+    a.var["ensembl_id"] = ["E1", "E2", "E3"]
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    (tmp_path / "vocab.json").write_text(json.dumps({"<pad>": 0, "<cls>": 1, "<eoc>": 2, "GA": 3, "GB": 4, "GC": 5}))
+    with open(tmp_path / "td.pkl", "wb") as f:
+        pickle.dump({"<pad>": 0, "<mask>": 1, "<cls>": 2, "<eos>": 3, "E1": 4, "E2": 5, "E3": 6}, f)
+    with open(tmp_path / "gm.pkl", "wb") as f:
+        pickle.dump({"E1": 1.0, "E2": 2.0, "E3": 3.0}, f)
+    bin_args = [str(path), "--method", "bin", "--vocab", str(tmp_path / "vocab.json"), "--no-progress"]
+    rank_args = [str(path), "--method", "rank", "--token-dict", str(tmp_path / "td.pkl"),
+                 "--gene-medians", str(tmp_path / "gm.pkl"), "--no-progress"]
+    cases = [(bin_args, [], [0, 1, 2]), (bin_args, ["--skip-empty"], [0, 2]),
+             (rank_args, [], [0, 2]), (rank_args, ["--keep-empty"], [0, 1, 2])]
+    for i, (args, extra, rows) in enumerate(cases):
+        out = tmp_path / f"out{i}.npz"
+        assert main(["tokenize-cells", *args, *extra, "--out", str(out)]) == 0
+        got = load_npz(out)
+        assert got.source.tolist() == rows, (args[2], extra)
+    assert main(["tokenize-cells", *bin_args, "--keep-empty", "--skip-empty", "--out", str(tmp_path / "x.npz")]) == 2

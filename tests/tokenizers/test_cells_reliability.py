@@ -261,3 +261,13 @@ def test_binned_keeps_empty_cells_as_cls_by_default():
     # chunks: source stays the input row
     parts = list(BinnedValueTokenizer(vocab, n_bins=5, chunk_size=3).iter_tokenize(X, gene_ids=genes))
     assert [list(p.source) for p in parts] == [[0, 1, 2], [3]]
+
+
+@pytest.mark.parametrize("threads", [2.5, True, "2"], ids=["float", "bool", "str"])
+def test_cell_tokenizers_refuse_non_integer_threads(threads):
+    from omicskern.tokenizers import BinnedValueTokenizer, RankValueTokenizer
+
+    with pytest.raises(TypeError, match="num_threads must be an int"):
+        RankValueTokenizer({"<pad>": 0, "G1": 1}, {"G1": 1.0}, num_threads=threads)
+    with pytest.raises(TypeError, match="num_threads must be an int"):
+        BinnedValueTokenizer({"<pad>": 0, "<cls>": 1, "G1": 2}, num_threads=threads)
