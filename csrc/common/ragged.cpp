@@ -63,7 +63,8 @@ py::tuple finalize(carray<T> ids, carray<int64_t> offsets, const std::vector<T>&
             const int64_t start = keep_end ? off[i + 1] - len : off[i];
             T* dst = out.data() + new_off[i];
             std::copy(prefix.begin(), prefix.end(), dst);
-            std::memcpy(dst + p, src + start, static_cast<size_t>(len) * sizeof(T));
+            // len 0: src/dst may be null (empty arrays); memcpy's pointers must not be (UBSan)
+            if (len > 0) std::memcpy(dst + p, src + start, static_cast<size_t>(len) * sizeof(T));
             std::copy(suffix.begin(), suffix.end(), dst + p + len);
         }, 64);
     }
@@ -116,7 +117,7 @@ py::tuple pad(carray<T> ids, carray<int64_t> offsets, T pad_value, int64_t lengt
             const int64_t lead = left ? length - len : 0;
             std::fill(row, row + length, pad_value);
             std::fill(mrow, mrow + length, false);
-            std::memcpy(row + lead, src + off[i], static_cast<size_t>(len) * sizeof(T));
+            if (len > 0) std::memcpy(row + lead, src + off[i], static_cast<size_t>(len) * sizeof(T));
             std::fill(mrow + lead, mrow + lead + len, true);
         }, 64);
     }
