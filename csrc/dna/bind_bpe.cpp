@@ -121,7 +121,8 @@ py::tuple encode(const BpeModel& m, const py::object& seqs, int num_threads, boo
     if (algo < 0 || algo > 5)
         throw py::value_error("algo must be 0 (auto), 1 (heap), 2 (bucket), 3 (small windows), 4 (backtrack) or "
                               "5 (windows)");
-    const std::vector<SeqView> views = seq_views(seqs);
+    const SeqViews pinned(seqs);  // owns/pins the inputs while the GIL is released
+    const std::vector<SeqView>& views = pinned.views();
     const int64_t n = static_cast<int64_t>(views.size());
     std::vector<std::vector<int32_t>> parts(static_cast<size_t>(n));
     std::vector<std::vector<uint8_t>> soft_parts(return_soft_mask ? static_cast<size_t>(n) : 0);
@@ -170,7 +171,8 @@ py::tuple train_py(const py::object& seqs, int64_t vocab_size, const std::vector
                    int64_t limit_alphabet) {
     if (vocab_size < 1) throw py::value_error("vocab_size must be >= 1");
     const int pre = static_cast<int>(parse_pre(pre_tokenizer));
-    const std::vector<SeqView> views = seq_views(seqs);
+    const SeqViews pinned(seqs);  // owns/pins the inputs while the GIL is released
+    const std::vector<SeqView>& views = pinned.views();
     std::vector<std::pair<const char*, int64_t>> v;
     v.reserve(views.size());
     for (const auto& s : views) v.emplace_back(s.data, s.size);

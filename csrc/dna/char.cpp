@@ -24,7 +24,8 @@ py::tuple char_encode(const py::object& seqs, py::array_t<int32_t, py::array::c_
                       const std::vector<int32_t>& prefix, const std::vector<int32_t>& suffix) {
     const Specials sp{prefix, suffix};
     if (lut.ndim() != 1 || lut.size() != 256) throw py::value_error("lut must have 256 entries");
-    std::vector<SeqView> views = seq_views(seqs);
+    const SeqViews pinned(seqs);  // owns/pins the inputs while the GIL is released
+    const std::vector<SeqView>& views = pinned.views();
     std::vector<int32_t> table(lut.data(), lut.data() + 256);
     std::vector<Task> tasks;
     {

@@ -175,7 +175,8 @@ py::tuple kmer_encode(const py::object& seqs, int k, bool overlap,
     if (cls_lut.ndim() != 1 || cls_lut.size() != 256) throw py::value_error("cls_lut must have 256 entries");
     for (int b = 0; b < 256; ++b)
         if (cls_lut.data()[b] > kBad) throw py::value_error("cls_lut entries must be 0..6");
-    std::vector<SeqView> views = seq_views(seqs);
+    const SeqViews pinned(seqs);  // owns/pins the inputs while the GIL is released
+    const std::vector<SeqView>& views = pinned.views();
     std::vector<uint8_t> table(cls_lut.data(), cls_lut.data() + 256);
     const uint8_t* cls = table.data();
     const KmerIds ids{kmer_base, single_base, n_id, unk_id};

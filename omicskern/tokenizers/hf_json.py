@@ -161,6 +161,25 @@ def _parse_merges(merges: Any, vocab: dict[str, int], prefix: str) -> tuple[list
     return a_ids, b_ids, new_ids
 
 
+def _check_id_range(vocab: dict[str, int]) -> None:
+    """Rejects ids far beyond the vocabulary size.
+
+    The compiled model keeps dense per-id tables (id -> token, pair tables, backtracking data: about
+    85 bytes per id up to the largest one), so one stray id of 4e7 costs 3.4 GB and 1e12 fails with an
+    empty MemoryError. Real vocabularies are dense (0..n-1) or nearly so (a few holes left by removed
+    tokens); allowing ids below ``4 * len(vocab) + 1024`` keeps such files loading while bounding the
+    tables to a small multiple of what the file itself holds.
+    """
+    if not vocab:
+        return
+    limit = 4 * len(vocab) + 1024
+    token, tid = max(vocab.items(), key=lambda kv: kv[1])
+    if tid >= limit:
+        raise ValueError(f"tokenizer.json: token {token!r} has id {tid}, far beyond the vocabulary's "
+                         f"{len(vocab)} tokens (ids must be below 4 * {len(vocab)} + 1024 = {limit}; "
+                         f"omicskern stores per-id tables up to the largest id)")
+
+
 def parse_tokenizer_json(data: Any) -> BpeSpec:
     """Validates a tokenizer.json document (dict) and compiles it for ``omicskern._C.BpeModel``."""
     if not isinstance(data, dict) or "model" not in data:
@@ -180,6 +199,7 @@ def parse_tokenizer_json(data: Any) -> BpeSpec:
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not all(isinstance(v, int) and v >= 0 for v in vocab.values()):
         raise ValueError("tokenizer.json: model.vocab must map tokens to non-negative integer ids")
+    _check_id_range(vocab)
     prefix = model.get("continuing_subword_prefix") or ""
     suffix = model.get("end_of_word_suffix") or ""
     byte_fallback = bool(model.get("byte_fallback", False))
