@@ -222,7 +222,9 @@ def bench_file(label, path, n_ref, repeats, rows_out, gene_column="ensembl_id", 
     vocab = {"<pad>": 0, "<cls>": 1}
     for k in bkeys:
         vocab.setdefault(k, len(vocab))
-    binner = BinnedValueTokenizer(vocab, gene_column=bin_column)
+    # skip_empty=True: the same cells as the numpy references (which drop all-zero cells), as in
+    # the earlier tables; the default now keeps them as [<cls>], as scGPT does
+    binner = BinnedValueTokenizer(vocab, gene_column=bin_column, skip_empty=True)
     # numpy references on a prefix
     n_ref = min(n_ref, n)
     col_slot = rank._match_genes(_open(a), None, TokenizeReport())
