@@ -82,7 +82,7 @@ def save_npz(batch: "Batch", path: str | os.PathLike) -> None:
 
 def load_npz(path: str | os.PathLike) -> "Batch":
     """A :class:`~omicskern.batch.Batch` from a file of :func:`save_npz` (or of the cell
-    tokenizers' earlier ``CellTokens.save_npz``: same keys)."""
+    tokenizers' earlier ``save_npz``: same keys)."""
     from omicskern.batch import Batch
 
     with np.load(path, allow_pickle=False) as z:

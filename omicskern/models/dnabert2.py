@@ -8,7 +8,8 @@ Outputs match the released remote code (``bert_layers.py``): padded positions of
 
 Example:
     >>> model = DNABERT2.from_pretrained("DNABERT-2-117M/")
-    >>> tokens, pooled = model.embed(input_ids, attention_mask)   # [B, L, 768], [B, 768]
+    >>> batch = model.get_tokenizer().encode_batch(["ACGTAGCATCGG", "TTGACC"], padding=False)
+    >>> tokens, pooled = model.embed(batch)          # [T, 768] ragged, [2, 768]
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Geneformer (``ctheodoris/Geneformer`` V1 and V2): a transformers ``BertForMaskedLM``, run on the
 rank-value tokenizer's ragged output without padding.
 
-A batch of cells is ``ids: int64 [T]`` (every cell's ranked gene tokens, concatenated) plus
-``offsets: [N+1]`` (cell ``n`` is ``ids[offsets[n]:offsets[n+1]]``), exactly what
-:class:`omicskern.tokenizers.RankValueTokenizer` returns; positions restart at 0 in every cell and
-attention is the varlen op, so no FLOP goes to padding. Cell embeddings follow Geneformer's
-``EmbExtractor``: by default from the second-to-last layer (``emb_layer=-1``), mean over the gene
-tokens (``<cls>``/``<eos>`` excluded when present), or the ``<cls>`` token (V2, ``emb_mode="cls"``).
+A batch of cells is the :class:`~omicskern.batch.Batch` that
+:class:`omicskern.tokenizers.RankValueTokenizer` returns (every cell's ranked gene tokens back to
+back, ``cu_seqlens`` marking the cells); positions restart at 0 in every cell and attention is the
+varlen op, so no FLOP goes to padding. Cell embeddings follow Geneformer's ``EmbExtractor``: by
+default from the second-to-last layer (``layer=-2``, its ``emb_layer=-1``), mean over the gene
+tokens (``<cls>``/``<eos>`` excluded), or the ``<cls>`` token (V2, its ``emb_mode="cls"``).
 
 Example:
     >>> model = Geneformer.from_pretrained("Geneformer-V2-104M/")
-    >>> cells = model.cell_embeddings(ids, offsets, mode="cls", cls_token_id=2)   # [N, 768]
+    >>> cells = model.get_tokenizer().tokenize(adata)            # a Batch, one row per cell
+    >>> emb = model.embed(cells, pooling="cls", layer=-1).pooled  # [N, 768]
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ repos' ``HyenaDNAForCausalLM``). Both the training ``config.json`` (``layer: {..
 
 Example:
     >>> model = HyenaDNA.from_pretrained("hyenadna-small-32k-seqlen/")
-    >>> h = model(input_ids).last_hidden_state          # [B, L, d_model]
+    >>> batch = model.get_tokenizer().encode_batch(["ACGTTGCA" * 10, "ACG"], padding=False)
+    >>> out = model.embed(batch, pooling="last")     # rows never see padding: [T, d], [2, d]
+    >>> h = model(input_ids).last_hidden_state       # the reference's padded form: [B, L, d_model]
 """
 
 from __future__ import annotations

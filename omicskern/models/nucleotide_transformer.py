@@ -15,7 +15,8 @@ information and are excluded from every comparison).
 
 Example:
     >>> model = NucleotideTransformer.from_pretrained("nucleotide-transformer-v2-50m-multi-species/")
-    >>> tokens, pooled = model.embed(input_ids, attention_mask)   # [B, L, 512], [B, 512]
+    >>> batch = model.get_tokenizer().encode_batch(["ACGTACGTACGTAAN"], padding=False)
+    >>> tokens, pooled = model.embed(batch)          # [T, 512] ragged, [1, 512]
 """
 
 from __future__ import annotations
