@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 
-def check_ids(input_ids: torch.Tensor, vocab: int, name: str = "input_ids", dims: int = 2) -> None:
-    """Clear errors for wrong shapes, dtypes or out-of-vocabulary ids (instead of an index crash)."""
+def check_ids(input_ids: torch.Tensor, vocab: int, name: str = "input_ids", dims: int = 2,
+              cu_seqlens: torch.Tensor | None = None) -> None:
+    """Clear errors for wrong shapes, dtypes or out-of-vocabulary ids (instead of an index crash).
+    For ragged ``[T]`` ids, ``cu_seqlens`` lets the message name the row and the position in it."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != dims:
@@ -20,7 +22,13 @@ def check_ids(input_ids: torch.Tensor, vocab: int, name: str = "input_ids", dims
         if lo < 0 or hi >= vocab:
             bad = (input_ids < 0) | (input_ids >= vocab)
             where = tuple(int(i) for i in torch.nonzero(bad)[0])
-            raise ValueError(f"{name}{list(where)} = {int(input_ids[where])} is outside the vocabulary "
+            at = ""
+            if cu_seqlens is not None:
+                t = where[0]
+                row = int(torch.searchsorted(cu_seqlens[1:].long(), torch.tensor(t, device=cu_seqlens.device),
+                                             right=True))
+                at = f" (row {row}, position {t - int(cu_seqlens[row])})"
+            raise ValueError(f"{name}{list(where)} = {int(input_ids[where])}{at} is outside the vocabulary "
                              f"(size {vocab})")
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from omicskern.batch import Batch, PaddedBatch
 from omicskern.errors import CheckpointError
+from omicskern.models._common import check_ids
 from omicskern.ops.packing import row_ids
 
 POOLINGS = ("mean", "cls", "last", "max")
@@ -253,13 +254,13 @@ class OmicsModel(nn.Module):
         chosen = dict(self.backends)
         chosen.update(ops)
         self._set_backends(chosen)
-        self.__dict__["_backends"] = chosen
+        self._backends = chosen
         return self
 
     @property
     def backends(self) -> dict:
         """The backend pinned for each op (``None`` = best available)."""
-        return dict(self.__dict__.get("_backends") or {k: None for k in self.ops})
+        return dict(getattr(self, "_backends", None) or {k: None for k in self.ops})
 
     def _set_backends(self, ops: dict) -> None:
         raise NotImplementedError
@@ -366,18 +367,9 @@ class OmicsModel(nn.Module):
             raise TypeError(f"expected an omicskern.batch.Batch, got {type(batch).__name__}")
         tb = batch.to_torch(self.device)
         ids, cu = tb.input_ids, tb.cu_seqlens.to(torch.int32)
-        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"input_ids must hold integer token ids, got {ids.dtype}")
         if int(cu[-1]) != ids.numel():
             raise ValueError(f"cu_seqlens end at {int(cu[-1])} but input_ids holds {ids.numel()} tokens")
-        vocab = self._vocab_size()
-        if ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= vocab:
-                t = int(torch.nonzero((ids < 0) | (ids >= vocab))[0])
-                row = int(torch.searchsorted(cu[1:].long(), torch.tensor(t, device=cu.device), right=True))
-                raise ValueError(f"input_ids[{t}] = {int(ids[t])} (row {row}, position {t - int(cu[row])}) is "
-                                 f"outside the vocabulary (size {vocab})")
+        check_ids(ids, self._vocab_size(), "input_ids", dims=1, cu_seqlens=cu)
         lengths = cu[1:] - cu[:-1]
         max_len = int(lengths.max()) if lengths.numel() else 0
         if max_len > self.max_length and self.max_length_is_hard:
