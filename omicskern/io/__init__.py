@@ -1,5 +1,6 @@
 """Reading and writing: FASTA (:mod:`omicskern.io.fasta`), cell matrices (:mod:`omicskern.io.cells`),
-gene dictionaries (:mod:`omicskern.io.gene_dict`), batch writers (:mod:`omicskern.io.writers`).
+gene dictionaries (:mod:`omicskern.io.gene_dict`), batch writers (:mod:`omicskern.io.writers`), the
+genome embedding store (:mod:`omicskern.io.genome_store`).
 Beside the layers (tokenizers, models and pipelines all use it; it imports none of them); names
 load lazily, so ``import omicskern.io`` imports nothing heavy."""
 
@@ -23,6 +24,7 @@ _LAZY = {
     "save_batch": "omicskern.io.writers",
     "load_npz": "omicskern.io.writers",
     "to_arrow": "omicskern.io.writers",
+    "GenomeEmbeddings": "omicskern.io.genome_store",
 }
 
 __getattr__, __dir__, __all__ = lazy_names(__name__, _LAZY)

@@ -1,4 +1,4 @@
-"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells; later: embed them).
+"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome).
 
 A pipeline owns the job mechanics: work units split by rank (:mod:`~omicskern.pipelines.units`),
 job keys on the input's content, manifests, atomic shard writes and resume
@@ -14,6 +14,8 @@ from omicskern._lazy import lazy_names
 _LAZY = {
     "tokenize_fasta": "omicskern.pipelines.tokenize",
     "tokenize_cells": "omicskern.pipelines.tokenize",
+    "embed_genome": "omicskern.pipelines.embed_genome",
+    "EmbedGenomeResult": "omicskern.pipelines.embed_genome",
     "TokenizeResult": "omicskern.pipelines.tokenize",
     "JobKey": "omicskern.pipelines.jobs",
     "JobMismatchError": "omicskern.errors",
