@@ -23,6 +23,14 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if cu_seqlens is not None:
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         L = int(max_seqlen) if max_seqlen is not None else int(lens.max().item()) if lens.numel() else 0
+        n = lens.numel()
+        if n and L > 0 and q.shape[0] == n * L and bool((lens == L).all()):
+            # rows of one length (genome windows of char / k-mer tokens): the packed tensor is
+            # already [B, L] row-major, so a view replaces padding, masks and the gather back
+            outp = attention_sdpa(q.view(n, L, *q.shape[1:]), k.view(n, L, *k.shape[1:]),
+                                  v.view(n, L, *v.shape[1:]), causal=causal, alibi_slopes=alibi_slopes,
+                                  softmax_scale=softmax_scale, dropout_p=dropout_p)
+            return outp.reshape(q.shape[0], *outp.shape[2:])
         qp, kmask, idx = pad_packed(q, cu_seqlens, L)
         kp, _, _ = pad_packed(k, cu_seqlens, L)
         vp, _, _ = pad_packed(v, cu_seqlens, L)
