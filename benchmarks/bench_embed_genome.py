@@ -3,7 +3,7 @@
 Same weights, same genome, same windows, one process per implementation and case (so peak memory
 is that run's alone), implementations alternated (A B A B ...) so that a busy machine slows both.
 
-* **omicskern**: :func:`omicskern.pipelines.embed_genome` into a Zarr store: C++ tokenizer in a
+* **omicskern**: :func:`omicskern.pipelines.genome.embed_genome` into a Zarr store: C++ tokenizer in a
   background thread, length-sorted token-budget batches, ragged varlen attention (DNABERT-2),
   omicskern ``fft_conv`` (HyenaDNA), float16 store with the region table.
 * **user loop**: ``pyfaidx.Fasta`` -> windows (Python slicing, ``.upper()``) -> the model's
@@ -148,7 +148,7 @@ def _user_loop(case: dict) -> dict:
 
 def _omicskern(case: dict) -> dict:
     import omicskern
-    from omicskern.pipelines.embed_genome import embed_genome
+    from omicskern.pipelines.genome import embed_genome
 
     model = omicskern.load(case["model_dir"])
     t0 = time.perf_counter()
@@ -215,7 +215,7 @@ def main(argv=None) -> list[dict]:
             window = spec["window"]
             if window is None:  # what the model's max length holds
                 import omicskern
-                from omicskern.pipelines.embed_genome import default_window
+                from omicskern.pipelines.genome import default_window
 
                 m = omicskern.load(model_dir)
                 window = default_window(m, m.get_tokenizer())

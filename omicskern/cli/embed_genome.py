@@ -1,6 +1,6 @@
 """``omicskern embed-genome``: FASTA -> windows -> tokens -> model -> a Zarr (or npy) store.
 
-Parses the command line and calls :func:`omicskern.pipelines.embed_genome.embed_genome`; the
+Parses the command line and calls :func:`omicskern.pipelines.genome.embed_genome`; the
 conventions (errors, exit status, stderr) are :mod:`omicskern.cli._common`'s. With no arguments it
 embeds the bundled lambda phage genome with the built-in model into ``lambda_phage.embeddings.zarr``
 and prints how to read it. Under ``torchrun --nproc_per_node N -m omicskern embed-genome ...``
@@ -73,7 +73,7 @@ def check_args(args) -> None:
         existing_path(args.regions, "--regions")
     if args.model != "builtin" and not args.model.startswith("builtin:"):
         existing_path(args.model, "--model")
-    from omicskern.pipelines.embed_genome import NPolicy
+    from omicskern.pipelines.genome import NPolicy
 
     try:
         NPolicy.parse(args.n_policy)
@@ -89,7 +89,7 @@ def check_args(args) -> None:
 def run(args) -> int:
     from omicskern.cli.tokenize import default_fasta
     from omicskern.pipelines.distributed import Ranks
-    from omicskern.pipelines.embed_genome import embed_genome
+    from omicskern.pipelines.genome import embed_genome
 
     check_args(args)
     ranks = Ranks.from_env()

@@ -1,4 +1,4 @@
-"""The whole-genome embedding store (written by :func:`omicskern.pipelines.embed_genome`) and its reader.
+"""The whole-genome embedding store (written by :func:`omicskern.pipelines.genome.embed_genome`) and its reader.
 
 Layout of ``OUT.zarr`` (a Zarr v3 group, readable with plain ``zarr.open_group``):
 

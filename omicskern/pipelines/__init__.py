@@ -14,8 +14,8 @@ from omicskern._lazy import lazy_names
 _LAZY = {
     "tokenize_fasta": "omicskern.pipelines.tokenize",
     "tokenize_cells": "omicskern.pipelines.tokenize",
-    "embed_genome": "omicskern.pipelines.embed_genome",
-    "EmbedGenomeResult": "omicskern.pipelines.embed_genome",
+    "embed_genome": "omicskern.pipelines.genome",
+    "EmbedGenomeResult": "omicskern.pipelines.genome",
     "TokenizeResult": "omicskern.pipelines.tokenize",
     "JobKey": "omicskern.pipelines.jobs",
     "JobMismatchError": "omicskern.errors",

@@ -17,7 +17,7 @@ import torch
 import omicskern
 from omicskern.errors import JobMismatchError
 from omicskern.io.genome_store import GenomeEmbeddings, parse_region
-from omicskern.pipelines.embed_genome import NPolicy, embed_genome
+from omicskern.pipelines.genome import NPolicy, embed_genome
 from tests.models import _folders
 
 ROOT = Path(__file__).resolve().parents[2]
