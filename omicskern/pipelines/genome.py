@@ -390,6 +390,7 @@ def _run(fasta, model, out, window, stride, regions, pooling, layer, per_token, 
     model, model_src = _load_model(model, dev, dtype)
     model.eval()
     tok = model.get_tokenizer()
+    _check_pairing(model, tok)
     if getattr(tok, "num_threads", None) is not None:
         tok = copy.copy(tok)
         tok.num_threads = 1  # the input thread runs beside torch's threads; see engine.configure_threads
@@ -499,6 +500,20 @@ def _run(fasta, model, out, window, stride, regions, pooling, layer, per_token, 
         res.complete = bool(ArrayStore(out, fmt).attrs.get("complete"))
     res.wall_s = time.perf_counter() - t_start
     return res
+
+
+def _check_pairing(model, tok) -> None:
+    """The tokenizer's ids must index the model's embedding (a checkpoint folder with another
+    model's tokenizer file would otherwise fail deep inside the model, or embed garbage)."""
+    from omicskern.errors import CheckpointError
+
+    vocab = getattr(model, "_vocab_size", None)
+    n_model = int(vocab()) if callable(vocab) else None
+    n_tok = getattr(tok, "vocab_size", None)
+    if n_model is not None and n_tok is not None and int(n_tok) > n_model:
+        where = f" in {model.source_path}" if getattr(model, "source_path", None) else ""
+        raise CheckpointError(f"the tokenizer{where} ({type(tok).__name__}) has {int(n_tok):,} tokens but the model's "
+                              f"embedding has {n_model:,} rows: the tokenizer file is not this model's")
 
 
 def _channels(model, rc: str) -> int:

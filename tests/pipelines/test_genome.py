@@ -195,6 +195,22 @@ def test_bad_input(tmp_path, folders):
         embed_genome(fa, folders["hyenadna"], tmp_path / "c.zarr", window=10_000)
     with pytest.raises(ValueError, match="per_token=True stores the forward strand"):
         embed_genome(fa, folders["hyenadna"], tmp_path / "d.zarr", per_token=True, rc="average")
+    # a checkpoint folder holding another model's tokenizer file
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folders["dnabert2"], mixed)
+    big = omicskern.load(folders["dnabert2"]).get_tokenizer()
+    small_cfg = (mixed / "config.json").read_text().replace('"vocab_size": 4096', '"vocab_size": 1000')
+    (mixed / "config.json").write_text(small_cfg)
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(mixed / "model.safetensors")
+    sd = {k: (v[:1000] if v.shape[:1] == (4096,) else v) for k, v in sd.items()}
+    save_file(sd, str(mixed / "model.safetensors"))
+    assert big.vocab_size == 4096
+    with pytest.raises(omicskern.errors.CheckpointError, match="has 4,096 tokens but the model's embedding has 1,000"):
+        embed_genome(fa, mixed, tmp_path / "m.zarr", window=100)
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
