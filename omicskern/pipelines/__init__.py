@@ -1,4 +1,4 @@
-"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome).
+"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome, score variants).
 
 A pipeline owns the job mechanics: work units split by rank (:mod:`~omicskern.pipelines.units`),
 job keys on the input's content, manifests, atomic shard writes and resume
@@ -16,6 +16,7 @@ _LAZY = {
     "tokenize_cells": "omicskern.pipelines.tokenize",
     "embed_genome": "omicskern.pipelines.genome",
     "EmbedGenomeResult": "omicskern.pipelines.genome",
+    "score_variants": "omicskern.pipelines.variants",
     "TokenizeResult": "omicskern.pipelines.tokenize",
     "JobKey": "omicskern.pipelines.jobs",
     "JobMismatchError": "omicskern.errors",
