@@ -14,7 +14,7 @@ from omicskern.cli._common import UsageError, existing_path
 FLAGS = {"scores": "--score", "window": "--window", "strand": "--strand", "pooling": "--pooling",
          "max_allele": "--max-allele", "allow_ref_mismatch": "--allow-ref-mismatch", "contig_map": "--contig-map",
          "batch_tokens": "--batch-tokens", "device": "--device", "dtype": "--dtype", "threads": "--threads",
-         "overwrite": "--overwrite"}
+         "overwrite": "--overwrite", "unit_variants": "--unit-variants"}
 FLAG_VALUES = {"overwrite=True": "--overwrite", "contig_map='auto'": "--contig-map auto",
                "allow_ref_mismatch": "--allow-ref-mismatch"}
 
@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: this process's cores)")
+    p.add_argument("--unit-variants", type=int, default=512, help="variants per resumable shard (default 512)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run, _parser=p, _flags=FLAGS, _flag_values=FLAG_VALUES)
 
@@ -54,7 +55,7 @@ def run(args) -> int:
     existing_path(args.vcf, "--vcf")
     if args.model != "builtin" and not args.model.startswith("builtin:"):
         existing_path(args.model, "--model")
-    for name in ("window", "batch_tokens", "max_allele", "threads"):
+    for name in ("window", "batch_tokens", "max_allele", "threads", "unit_variants"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"{FLAGS[name]} must be >= 1, got {v}")
@@ -67,7 +68,12 @@ def run(args) -> int:
     res = score_variants(args.fasta, args.vcf, args.model, Path(args.out), scores=args.scores, window=args.window,
                          strand=args.strand, pooling=args.pooling, max_allele=args.max_allele,
                          allow_ref_mismatch=args.allow_ref_mismatch, contig_map=cmap, batch_tokens=args.batch_tokens,
-                         device=args.device, dtype=args.dtype, threads=args.threads, overwrite=args.overwrite)
+                         device=args.device, dtype=args.dtype, threads=args.threads, overwrite=args.overwrite,
+                         unit_variants=args.unit_variants)
+    from omicskern.pipelines.distributed import Ranks
+
+    if not Ranks.from_env().is_main:
+        return 0
     print(f"scored {args.vcf} against {args.fasta} with model {args.model}", file=sys.stderr)
     for line in res.summary().splitlines():
         print("  " + line, file=sys.stderr)

@@ -45,7 +45,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from omicskern.batch import Batch
+from omicskern.pipelines.distributed import Ranks
 from omicskern.pipelines.engine import Clock, configure_threads, embed_rows
+from omicskern.pipelines.jobs import JobKey, ShardedJob, digest
+from omicskern.pipelines.units import WorkUnit
 
 __all__ = ["score_variants", "read_vcf", "Variant", "ScoreVariantsResult", "SCORES", "token_logprobs"]
 
@@ -278,8 +281,8 @@ def score_variants(fasta, vcf, model, out=None, *, scores: Sequence[str] | None 
                    strand: str = "forward", pooling: str = "mean", max_allele: int = 50,
                    allow_ref_mismatch: bool = False, contig_map=None, batch_tokens: int = 8192,
                    device: str | None = None, dtype: str | None = None, threads: int | None = None,
-                   overwrite: bool = False, progress: bool = False,
-                   on_note: Callable[[str], None] | None = None) -> ScoreVariantsResult:
+                   overwrite: bool = False, progress: bool = False, unit_variants: int = 512,
+                   on_note: Callable[[str], None] | None = None, ranks: Ranks | None = None) -> ScoreVariantsResult:
     """Scores every variant of ``vcf`` against ``fasta`` with ``model`` (see the module docstring).
 
     Args:
@@ -291,18 +294,16 @@ def score_variants(fasta, vcf, model, out=None, *, scores: Sequence[str] | None 
         window: bases (default: what the model's max length holds). strand: ``forward`` or ``both``.
         allow_ref_mismatch: score variants whose REF differs from the FASTA (flagged either way).
         contig_map: ``None``, ``"auto"`` (chr1 <-> 1) or a dict VCF name -> FASTA name.
+        unit_variants: variants per shard. With ``out``, the job is resumable: every shard of
+            scores is recorded under ``.<out>.omicskern-job/`` and a rerun of the same command (same
+            content, model and settings) redoes only what is missing; under ``torchrun`` each rank
+            scores its share of the shards and rank 0 writes the table.
 
     Returns:
         :class:`ScoreVariantsResult` with ``table`` (column -> array, one row per ALT, VCF order
         sorted by position).
     """
-    import torch
-
-    from omicskern.io.fasta import FastaFile
-    from omicskern.pipelines.genome import _load_model, default_window
-
     t0 = time.perf_counter()
-    note = on_note or (lambda m: None)
     if strand not in ("forward", "both"):
         raise ValueError(f"strand must be 'forward' or 'both', got {strand!r}")
     if batch_tokens < 1:
@@ -318,6 +319,23 @@ def score_variants(fasta, vcf, model, out=None, *, scores: Sequence[str] | None 
             from omicskern.errors import JobMismatchError
 
             raise JobMismatchError(f"{out} exists; use overwrite=True (--overwrite) or another output path")
+    if unit_variants < 1:
+        raise ValueError(f"unit_variants must be >= 1, got {unit_variants}")
+    ranks = ranks or Ranks.from_env()
+    device = ranks.device(device)
+    ranks.init(device)
+    try:
+        return _score(fasta, vcf, model, out, scores, window, strand, pooling, max_allele, allow_ref_mismatch,
+                      contig_map, batch_tokens, device, dtype, threads, overwrite, unit_variants, ranks, t0)
+    finally:
+        ranks.close()
+
+
+def _score(fasta, vcf, model, out, scores, window, strand, pooling, max_allele, allow_ref_mismatch, contig_map,
+           batch_tokens, device, dtype, threads, overwrite, unit_variants, ranks, t0) -> ScoreVariantsResult:
+    from omicskern.io.fasta import FastaFile
+    from omicskern.pipelines.genome import _load_model, default_window
+
     configure_threads(threads)
     model, _ = _load_model(model, device, dtype)
     model.eval()
@@ -395,45 +413,58 @@ def score_variants(fasta, vcf, model, out=None, *, scores: Sequence[str] | None 
              "window_start": win_start, "variant_offset": offset}
     res = ScoreVariantsResult(out, table, variants=n, windows=len(ref_seqs), scores=scores)
     clock = Clock()
-    keys = list(ref_seqs)
-    kidx = {k: j for j, k in enumerate(keys)}
-    strands = ("+", "-") if strand == "both" else ("+",)
-    acc = {s: np.zeros(n, np.float64) for s in _columns(scores)}
-    method = np.array([""] * n, dtype=object)
-    rows_i = np.array([i for i, _ in todo], np.int64)
-    for sd in strands:
-        refs = [ref_seqs[k] for k in keys]
-        alts = list(alt_seqs)
-        if sd == "-":
-            refs, alts = [_rc(s) for s in refs], [_rc(s) for s in alts]
-        rb = tok.encode_batch(refs, padding=False, return_token_spans=True) if refs else None
-        ab = tok.encode_batch(alts, padding=False, return_token_spans=True) if alts else None
-        _check_len(model, rb, "reference window")
-        _check_len(model, ab, "alternate window")
-        ref_of = np.array([kidx[k] for _, k in todo], np.int64)
-        if "embedding" in scores and len(todo):
-            er = embed_rows(model, rb, pooling=pooling, max_tokens=batch_tokens, clock=clock).pooled
-            ea = embed_rows(model, ab, pooling=pooling, max_tokens=batch_tokens, clock=clock).pooled
-            r_, a_ = er[ref_of].astype(np.float64), ea.astype(np.float64)
-            cos = (r_ * a_).sum(1) / (np.linalg.norm(r_, axis=1) * np.linalg.norm(a_, axis=1))
-            acc["cosine"][rows_i] += cos
-            acc["l2"][rows_i] += np.linalg.norm(r_ - a_, axis=1)
-            res.forward_rows += len(rb) + len(ab)
-        if "llr" in scores and len(todo):
-            acc["llr"][rows_i] += _llr(model, tok, rb, ab, ref_of, batch_tokens, clock, res)
-        if "masked-llr" in scores and len(todo):
-            v, m = _masked_llr(model, tok, rb, ab, ref_of, batch_tokens, clock, res)
-            acc["masked_llr"][rows_i] += v
-            method[rows_i] = m
-    for k in acc:
-        col = np.full(n, np.nan)
-        col[rows_i] = acc[k][rows_i] / len(strands)
-        table[k] = col
-    if "masked-llr" in scores:
-        table["method"] = method
+    cols = _columns(scores) + (["method"] if "masked-llr" in scores else [])
+    units = [WorkUnit(u, "variants", a, min(a + unit_variants, len(todo)), min(a + unit_variants, len(todo)) - a)
+             for u, a in enumerate(range(0, len(todo), unit_variants))]
+    job = None
+    if out is not None:
+        from omicskern.pipelines.genome import model_identity
+        from omicskern.pipelines.tokenize import fasta_fingerprint, tokenizer_identity
+
+        with FastaFile(fasta) as fa:
+            fp, _ = fasta_fingerprint(fa, sorted({v.contig for v in variants if v.contig}, key=order.get))
+        vdigest = digest([(v.chrom, v.pos, v.ref, v.alt, v.contig) for v in variants])
+        key = JobKey("score-variants", {"fasta": fp, "variants": vdigest, "n": n},
+                     {"model": model_identity(model), "tokenizer": tokenizer_identity(tok)},
+                     {"scores": list(scores), "window": w, "strand": strand, "pooling": pooling,
+                      "max_allele": max_allele, "allow_ref_mismatch": bool(allow_ref_mismatch),
+                      "dtype": str(dtype) if dtype else None, "unit_variants": unit_variants})
+        job = ShardedJob(_work(out), key, units, config={"out": out.name}).open(overwrite=overwrite)
+        mine = job.pending(ranks.rank, ranks.world_size)
+    else:
+        mine = units
+    err = None
+    try:
+        for u in mine:
+            part = todo[u.start:u.stop]
+            vals = _score_unit(model, tok, part, ref_seqs, alt_seqs[u.start:u.stop], scores, strand, pooling,
+                               batch_tokens, clock, res)
+            if job is not None:
+                arrays = {k: (v.astype(str) if v.dtype == object else v) for k, v in vals.items()}
+                job.write_shard(u, lambda tmp, a=arrays: _savez(tmp, a), variants=u.stop - u.start)
+            else:
+                _fill(table, n, cols, part, vals)
+    except BaseException as e:  # raised below, after telling the other ranks
+        err = e
+    finally:
+        if job is not None:
+            job.finish()
+    if not ranks.all_ok(err is None):
+        if err is not None:
+            raise err
+        raise RuntimeError("another rank failed; rerun the same command to resume (done shards are kept)")
+    ranks.barrier()
+    if job is not None and ranks.is_main:
+        for u in units:
+            with np.load(job.out / u.shard, allow_pickle=False) as z:
+                vals = {k: (z[k].astype(object) if k == "method" else z[k]) for k in z.files}
+            _fill(table, n, cols, todo[u.start:u.stop], vals)
+    for c in cols:
+        if c not in table:
+            table[c] = np.full(n, np.nan) if c != "method" else np.array([""] * n, dtype=object)
     flags = [",".join(v.flags) for v in variants]
     scored = np.zeros(n, bool)
-    scored[rows_i] = True
+    scored[[i for i, _ in todo]] = True
     table["scored"] = scored
     table["flags"] = np.array(flags, dtype=object)
     res.scored = int(scored.sum())
@@ -441,10 +472,69 @@ def score_variants(fasta, vcf, model, out=None, *, scores: Sequence[str] | None 
         for f in v.flags:
             res.flagged[f] = res.flagged.get(f, 0) + 1
     res.model_s = clock.get("model")
-    if out is not None:
+    if out is not None and ranks.is_main:
         _write_table(out, table)
+        import shutil
+
+        shutil.rmtree(job.out, ignore_errors=True)
+    ranks.barrier()
     res.wall_s = time.perf_counter() - t0
     return res
+
+
+def _work(out: Path) -> Path:
+    return out.with_name(f".{out.name}.omicskern-job")
+
+
+def _savez(tmp: Path, arrays: dict) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _fill(table: dict, n: int, cols: list, part: list, vals: dict) -> None:
+    idx = np.array([i for i, _ in part], np.int64)
+    for c in cols:
+        if c not in table:
+            table[c] = np.full(n, np.nan) if c != "method" else np.array([""] * n, dtype=object)
+        if len(idx):
+            table[c][idx] = vals[c]
+
+
+def _score_unit(model, tok, part, ref_seqs, alt_seqs, scores, strand, pooling, batch_tokens, clock, res) -> dict:
+    """Scores of one unit's variants: their reference windows (each once) and alternate windows."""
+    keys = list(dict.fromkeys(k for _, k in part))
+    kidx = {k: j for j, k in enumerate(keys)}
+    ref_of = np.array([kidx[k] for _, k in part], np.int64)
+    strands = ("+", "-") if strand == "both" else ("+",)
+    m = len(part)
+    acc = {c: np.zeros(m, np.float64) for c in _columns(scores)}
+    method = np.array([""] * m, dtype=object)
+    for sd in strands:
+        refs = [ref_seqs[k] for k in keys]
+        alts = list(alt_seqs)
+        if sd == "-":
+            refs, alts = [_rc(x) for x in refs], [_rc(x) for x in alts]
+        rb = tok.encode_batch(refs, padding=False, return_token_spans=True)
+        ab = tok.encode_batch(alts, padding=False, return_token_spans=True)
+        _check_len(model, rb, "reference window")
+        _check_len(model, ab, "alternate window")
+        if "embedding" in scores:
+            er = embed_rows(model, rb, pooling=pooling, max_tokens=batch_tokens, clock=clock).pooled
+            ea = embed_rows(model, ab, pooling=pooling, max_tokens=batch_tokens, clock=clock).pooled
+            r_, a_ = er[ref_of].astype(np.float64), ea.astype(np.float64)
+            acc["cosine"] += (r_ * a_).sum(1) / (np.linalg.norm(r_, axis=1) * np.linalg.norm(a_, axis=1))
+            acc["l2"] += np.linalg.norm(r_ - a_, axis=1)
+            res.forward_rows += len(rb) + len(ab)
+        if "llr" in scores:
+            acc["llr"] += _llr(model, tok, rb, ab, ref_of, batch_tokens, clock, res)
+        if "masked-llr" in scores:
+            v, mt = _masked_llr(model, tok, rb, ab, ref_of, batch_tokens, clock, res)
+            acc["masked_llr"] += v
+            method = mt
+    out = {c: v / len(strands) for c, v in acc.items()}
+    if "masked-llr" in scores:
+        out["method"] = method
+    return out
 
 
 def _columns(scores) -> list[str]:

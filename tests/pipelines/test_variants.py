@@ -269,3 +269,64 @@ def test_cli(tmp_path, folders):
     assert main(["score-variants", "--fasta", str(fa), "--vcf", str(vcf), "--model", str(folders["hyenadna"]),
                  "--out", str(out)]) == 1  # exists: refused without --overwrite
     assert main(["score-variants", "--fasta", str(fa), "--vcf", str(tmp_path / "nope.vcf"), "--out", str(out)]) == 2
+
+
+def _many(recs, n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        c = "chr1" if rng.random() < 0.7 else "chr2"
+        s = recs[c]
+        p = int(rng.integers(1, len(s) + 1))
+        ref = s[p - 1].upper()
+        if ref == "N":
+            continue
+        rows.append((c, p, ref, "ACGT"[("ACGT".index(ref) + int(rng.integers(1, 4))) % 4]))
+    return rows
+
+
+def test_resume_and_torchrun_equal_one_run(tmp_path, folders):
+    """Shards of scores are recorded; a run killed after some shards resumes to the same table, and
+    two torchrun ranks write the same table as one process."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    fa, recs = _genome(tmp_path)
+    vcf = _vcf(tmp_path / "v.vcf", _many(recs, 40, 3))
+    one = tmp_path / "one.tsv"
+    score_variants(fa, vcf, folders["hyenadna"], one, window=200, unit_variants=7, threads=1)
+    # as if killed after two shards: their records stay, the rest is redone
+    part = tmp_path / "part.tsv"
+    import omicskern.pipelines.variants as V
+
+    real = V._score_unit
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    V._score_unit = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score_variants(fa, vcf, folders["hyenadna"], part, window=200, unit_variants=7, threads=1)
+    finally:
+        V._score_unit = real
+    assert not part.exists() and len(list((tmp_path / ".part.tsv.omicskern-job").glob("shard-*.npz"))) == 2
+    r = score_variants(fa, vcf, folders["hyenadna"], part, window=200, unit_variants=7, threads=1)
+    assert part.read_bytes() == one.read_bytes()
+    assert not (tmp_path / ".part.tsv.omicskern-job").exists()
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMICSKERN_CACHE": str(tmp_path / "cache")}
+    two = tmp_path / "two.tsv"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(30500 + os.getpid() % 1000), "-m", "omicskern", "score-variants", "--fasta", str(fa),
+                        "--vcf", str(vcf), "--model", str(folders["hyenadna"]), "--out", str(two), "--window", "200",
+                        "--threads", "1", "--unit-variants", "7"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert two.read_bytes() == one.read_bytes()
+    assert r.scored == len(read_table(one)["pos"])
