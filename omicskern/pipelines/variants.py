@@ -4,7 +4,9 @@ Every variant (multi-allelic records split into one row per ALT) is scored in a 
 reference centred on it, sized to what the model's ``max_length`` holds
 (:func:`omicskern.pipelines.genome.default_window`); near a record's edge the window shifts to
 stay inside the record and the variant's offset in it is recorded. The alternate window is the
-reference window with REF replaced by ALT (so an indel changes its length). Scores, by model kind
+reference window with REF replaced by ALT (so an indel changes its length); for an insertion that
+would take the alternate window past a model's hard token limit, the reference window is shortened
+by the insertion's length (``window_len`` records each variant's window). Scores, by model kind
 (the exact definitions, also in ``docs/variants.md``):
 
 * ``llr`` (causal LMs, e.g. HyenaDNA): ``sum_i log p(alt_i | alt_<i) - sum_i log p(ref_i | ref_<i)``
@@ -380,6 +382,10 @@ def _score(fasta, vcf, model, out, scores, window, strand, pooling, max_allele, 
 
         n = len(variants)
         win_start = np.full(n, -1, np.int64)
+        win_len = np.zeros(n, np.int64)
+        # char / k-mer tokens: a window's token count is known, so the model's hard limit is checked
+        # per variant here (BPE windows are checked once tokenized)
+        known_len = model.max_length_is_hard and not hasattr(tok, "to_json_str")
         offset = np.full(n, -1, np.int64)
         ref_seqs, alt_seqs = {}, []  # ref windows shared: (contig, start) -> string
         todo = []
@@ -396,21 +402,25 @@ def _score(fasta, vcf, model, out, scores, window, strand, pooling, max_allele, 
                 v.flags.append("ref_mismatch")
                 if not allow_ref_mismatch:
                     continue
-            ws = _window(L, s0, len(v.ref), w)
-            key = (v.contig, ws)
+            wv = w
+            grow = len(v.alt) - len(v.ref)
+            if grow > 0 and known_len and w + grow > fit:
+                wv = fit - grow  # an insertion: a shorter reference window, so the alternate still fits
+            ws = _window(L, s0, len(v.ref), wv)
+            key = (v.contig, ws, wv)
             if key not in ref_seqs:
-                ref_seqs[key] = seq(v.contig)[ws:ws + w].upper()
+                ref_seqs[key] = seq(v.contig)[ws:ws + wv].upper()
             r = ref_seqs[key]
             o = s0 - ws
             alt_seqs.append(r[:o] + v.alt.upper() + r[o + len(v.ref):])
-            win_start[i], offset[i] = ws, o
+            win_start[i], offset[i], win_len[i] = ws, o, len(r)
             todo.append((i, key))
     table = {"chrom": np.array([v.chrom for v in variants], dtype=object),
              "pos": np.array([v.pos for v in variants], np.int64),
              "id": np.array([v.id for v in variants], dtype=object),
              "ref": np.array([v.ref for v in variants], dtype=object),
              "alt": np.array([v.alt for v in variants], dtype=object),
-             "window_start": win_start, "variant_offset": offset}
+             "window_start": win_start, "window_len": win_len, "variant_offset": offset}
     res = ScoreVariantsResult(out, table, variants=n, windows=len(ref_seqs), scores=scores)
     clock = Clock()
     cols = _columns(scores) + (["method"] if "masked-llr" in scores else [])
@@ -674,7 +684,7 @@ def read_table(path) -> dict:
     out = {}
     for c, k in enumerate(keys):
         vals = [r[c] for r in rows]
-        if k in ("pos", "window_start", "variant_offset"):
+        if k in ("pos", "window_start", "window_len", "variant_offset"):
             out[k] = np.array(vals, np.int64)
         elif k in ("llr", "masked_llr", "cosine", "l2"):
             out[k] = np.array(vals, np.float64)

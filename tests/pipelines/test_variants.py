@@ -254,6 +254,10 @@ def test_unsupported_scores_name_the_supported_ones(tmp_path, folders):
         score_variants(fa, vcf, folders["dnabert2"], scores=["llr"], window=200)
     with pytest.raises(ValueError, match="max_length"):
         score_variants(fa, vcf, folders["hyenadna"], window=5000)
+    # an insertion at the largest window: the reference window shrinks so the alternate still fits
+    ins = _vcf(tmp_path / "i.vcf", [("chr1", 800, recs["chr1"][799].upper(), recs["chr1"][799].upper() + "GATTA")])
+    t = score_variants(fa, ins, folders["hyenadna"]).table
+    assert t["window_len"][0] == 512 - 5 and np.isfinite(t["llr"][0])
 
 
 def test_cli(tmp_path, folders):
