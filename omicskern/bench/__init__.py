@@ -14,3 +14,5 @@
 
 from omicskern.bench.records import SCHEMA_VERSION, make_record, read_jsonl  # noqa: F401
 from omicskern.bench.runner import SUITES, Context, run  # noqa: F401
+
+__all__ = ["SCHEMA_VERSION", "SUITES", "Context", "make_record", "read_jsonl", "run"]

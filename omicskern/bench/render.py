@@ -81,16 +81,17 @@ def markdown(records: list[dict], title: str = "Benchmark results", png: str | N
             rng = f"{_fmt(r.get('min'))}–{_fmt(r.get('max'))}" if r.get("repeats") and r["repeats"] > 1 else "—"
             status = r.get("status") or "ok"
             if status != "ok" and r.get("note"):
-                status = f"{status}: {r['note']}"
+                status = r["note"] if r["note"].startswith(status) else f"{status}: {r['note']}"
             cells = [_fmt(p.get(k)) for k in pkeys] + [
                 r["impl"], f"{r['metric']} ({r['unit']})", _fmt(r.get("value")), rng, _fmt(r.get("repeats")),
                 r.get("clock") or "—", (_fmt(r["ratio"]) + "x") if r.get("ratio") else "—",
                 r.get("baseline") or "—", status]
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         descs = {}
-        for r in recs:
+        for r in recs:  # an implementation's own description first, then what records say of it as a baseline
             if r.get("impl_desc"):
                 descs.setdefault(r["impl"], r["impl_desc"])
+        for r in recs:
             if r.get("baseline") and r.get("baseline_desc"):
                 descs.setdefault(r["baseline"], r["baseline_desc"])
         if descs:

@@ -48,12 +48,12 @@ MODEL_DESCS = {
 
 
 def lengths(ctx: Context) -> list[int]:
-    return ctx.pick([256, 512], [1 << p for p in range(10, 21)], [1 << p for p in range(10, 21)])
+    return ctx.pick([128, 256], [1 << p for p in range(10, 21)], [1 << p for p in range(10, 21)])
 
 
 def cut_seconds(ctx: Context) -> float:
     """A call longer than this ends an implementation's curve (quick: the few-minutes budget)."""
-    return ctx.pick(0.5, 1.0, 30.0)
+    return ctx.pick(0.5, 0.5, 30.0)
 
 
 def mem_cap_bytes(ctx: Context) -> float:
@@ -195,6 +195,7 @@ def op_records(ctx: Context) -> list[dict]:
         for mode in ("fwd", "fwd+bwd"):
             case = f"time per token ({mode})"
             alive = {n: None for n in fam.impls}  # None = still running, else the reason it stopped
+            last: dict[str, float] = {}  # seconds per call at the previous L
             for L in lengths(ctx):
                 params = dict(L=L, B=1, d=WIDTH, family=fam.name)
                 if fam.pending:
@@ -223,7 +224,7 @@ def op_records(ctx: Context) -> list[dict]:
                         f()
                         first[n] = (time.process_time() if not ctx.cuda else time.perf_counter()) - c0
                     slow = max(first.values())
-                    reps = ctx.repeats if slow < cut_s / 4 else (3 if slow < cut_s else 1)
+                    reps = ctx.repeats if slow < cut_s / 8 else (3 if slow < cut_s / 2 else 1)
                     t = interleaved(fns, device=ctx.device, repeats=reps, min_repeats=min(reps, 3), warmup=0,
                                     budget_s=ctx.budget_s * len(fns))
                 except torch.OutOfMemoryError as e:
@@ -231,15 +232,21 @@ def op_records(ctx: Context) -> list[dict]:
                         alive[n] = "cut: out of memory at the previous L"
                         out.append(status_record(case, params, n, "time", "us/token", "oom", str(e).splitlines()[0]))
                     continue
+                ctx.log(f"  long-context {fam.name} {mode} L={L}: " + ", ".join(
+                    f"{n.split(': ')[-1]} {t[n].median * 1e6 / L:.3g} us/token" for n in t))
                 base = fam.baseline if fam.baseline in t else None
                 out += ab_records(case, params, t, DESCS, base, "time", "us/token", per=L, scale=1e6)
                 for n, f in fns.items():
                     b, method = peak_memory(f, device=ctx.device)
                     out.append(memory_record(f"peak memory ({mode})", params, n, b, method, DESCS.get(n)))
                 for n in run_now:
-                    if t[n].median > cut_s:
-                        alive[n] = (f"cut: at L={L} one call took {t[n].median:.2f} s "
-                                    f"> the {cut_s:g} s budget")
+                    # the next L's cost, from this L's and the growth since the previous one (>= linear)
+                    sec = t[n].median
+                    growth = max(2.0, min(sec / last[n], 8.0)) if last.get(n) else 2.0
+                    last[n] = sec
+                    if sec * growth > cut_s:
+                        alive[n] = (f"cut: at L={L} one call took {sec:.2f} s; the next L would take "
+                                    f"~{sec * growth:.2f} s > the {cut_s:g} s budget")
     return out
 
 
@@ -274,7 +281,7 @@ def matched_models(L_max: int, dev, dtype):
 
 def model_records(ctx: Context) -> list[dict]:
     dtype = torch.bfloat16 if ctx.cuda else torch.float32
-    Ls = [L for L in lengths(ctx) if L <= ctx.pick(512, 1 << 18, 1 << 20)]
+    Ls = [L for L in lengths(ctx) if L <= ctx.pick(256, 1 << 18, 1 << 20)]
     hy, bert, info = matched_models(max(Ls), ctx.device, dtype)
     MODEL_DESCS_RUN = {**MODEL_DESCS}
     MODEL_DESCS_RUN["HyenaDNA-shaped"] += (f" (d_model={info['hyenadna_d_model']}, 2 layers: "
@@ -283,6 +290,7 @@ def model_records(ctx: Context) -> list[dict]:
     cut_s = cut_seconds(ctx) * 2
     cap = mem_cap_bytes(ctx)
     alive = {"HyenaDNA-shaped": None, "DNABERT-2-shaped": None}
+    last: dict[str, float] = {}
     for L in Ls:
         params = dict(L=L, B=1, **info)
         ids = torch.randint(7, 11, (1, L), device=ctx.device)
@@ -320,8 +328,13 @@ def model_records(ctx: Context) -> list[dict]:
         out += ab_records("model tokens/s (inference)", params, t, MODEL_DESCS_RUN, base, "throughput", "tokens/s",
                           per=L, rate=True)
         for k in t:
-            if t[k].median > cut_s:
-                alive[k] = f"cut: at L={L} one forward took {t[k].median:.2f} s > the {cut_s:g} s budget"
+            sec = t[k].median
+            growth = max(2.0, min(sec / last[k], 8.0)) if last.get(k) else 2.0
+            last[k] = sec
+            if sec * growth > cut_s:
+                alive[k] = (f"cut: at L={L} one forward took {sec:.2f} s; the next L would take ~{sec * growth:.2f} s "
+                            f"> the {cut_s:g} s budget")
+        ctx.log(f"  long-context models L={L}: " + ", ".join(f"{k} {L / t[k].median:,.0f} tokens/s" for k in t))
     return out
 
 

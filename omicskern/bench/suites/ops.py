@@ -56,7 +56,7 @@ def attention_cases(ctx: Context) -> list[dict]:
                     names = _attn.impls(dev, alibi)
                     fns = {n: _fn(_attn.make_call(n, *leaves, causal, slopes), mode, leaves, do) for n in names}
                     t = interleaved(fns, device=dev, repeats=ctx.repeats, budget_s=ctx.budget_s * len(fns))
-                    params = dict(B=B, L=L, H=H, D=D, causal=causal, alibi=alibi, pass_=mode,
+                    params = dict(B=B, L=L, H=H, D=D, causal=causal, alibi=alibi, mode=mode,
                                   dtype=str(dtype).replace("torch.", ""))
                     out += ab_records("attention", params, t, _attn.DESCS, "sdpa+bias", "throughput", unit,
                                       per=_attn.flops(B, L, H, D, causal, mode), scale=scale, rate=True,
@@ -90,15 +90,15 @@ def fftconv_cases(ctx: Context) -> list[dict]:
             try:
                 t = interleaved(fns, device=dev, repeats=ctx.repeats, budget_s=ctx.budget_s * 2)
             except torch.OutOfMemoryError as e:
-                out += [status_record("fft_conv", {**params, "pass_": mode}, n, "time", "ms", "oom",
+                out += [status_record("fft_conv", {**params, "mode": mode}, n, "time", "ms", "oom",
                                       str(e).splitlines()[0]) for n in fns]
                 continue
-            out += ab_records("fft_conv", {**params, "pass_": mode}, t, FFT_DESCS, "torch.fft (HyenaDNA)", "time",
+            out += ab_records("fft_conv", {**params, "mode": mode}, t, FFT_DESCS, "torch.fft (HyenaDNA)", "time",
                               "ms", scale=1e3)
             mems = {n: peak_memory(f, device=dev) for n, f in fns.items()}
             base_b = mems["torch.fft (HyenaDNA)"][0]
             for n, (b, method) in mems.items():
-                out.append(memory_record("fft_conv peak memory", {**params, "pass_": mode}, n, b, method,
+                out.append(memory_record("fft_conv peak memory", {**params, "mode": mode}, n, b, method,
                                          FFT_DESCS[n], *(("torch.fft (HyenaDNA)", base_b)
                                                          if n != "torch.fft (HyenaDNA)" else (None, None))))
     return out
