@@ -8,13 +8,12 @@
 #
 # With the device tool, from the project root:
 #   run(command="bash benchmarks/gpu_check.sh $OUT/gpu_check", timeout_s=560)
-# Env: PYTHON (default python3), SKIP_BUILD=1 (no pip install -e .), BENCH_T (limit of the suite, s).
+# Env: PYTHON (default python3), SKIP_BUILD=1 (no pip install -e .), ATTN_T/FFT_T/MODELS_T/TESTS_T (limits, s).
 # DRY_RUN=1: on a machine without CUDA, the same steps at tiny sizes through the Triton interpreter.
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$REPO/benchmarks/results/gpu_check}
 PY=${PYTHON:-python3}
-BENCH_T=${BENCH_T:-420}
 mkdir -p "$OUT"
 cd "$REPO" || exit 1
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -45,14 +44,34 @@ print("omicskern", omicskern.__version__, "core", n.load_C().__file__)
 PYEOF
 } 2>&1 | tee "$OUT/versions.txt"
 
+rm -f "$OUT"/gpu_*.jsonl  # this run's records only (the committed copy keeps history in git)
 if [ "${DRY_RUN:-0}" = 1 ]; then
   DEV=cpu; SIZE=--tiny; export TRITON_INTERPRET=1
 else
   DEV=cuda; SIZE=; unset TRITON_INTERPRET
 fi
-step "omicskern bench --suite gpu --device $DEV (limit ${BENCH_T}s)"
-timeout -k 10 "$BENCH_T" $PY -m omicskern bench --suite gpu --device "$DEV" $SIZE --out "$OUT" --no-plots 2>&1 \
-  | tee "$OUT/bench.txt"
-echo "bench rc=${PIPESTATUS[0]}"
+# one invocation per section, each with its own time limit, all appending to the same JSONL: a hang
+# or crash in one still leaves the others' records; the tables are rendered from all of them at the end
+for SEC in attention:${ATTN_T:-150} fft_conv:${FFT_T:-80} models:${MODELS_T:-100} tests:${TESTS_T:-140}; do
+  NAME=${SEC%%:*}; LIMIT=${SEC##*:}
+  step "omicskern bench --suite gpu --device $DEV: $NAME (limit ${LIMIT}s)"
+  OMICSKERN_GPU_SECTIONS=$NAME timeout -k 10 "$LIMIT" $PY -m omicskern bench --suite gpu --device "$DEV" $SIZE \
+    --out "$OUT" --no-plots 2>&1 | tee -a "$OUT/bench.txt"
+  echo "$NAME rc=${PIPESTATUS[0]}" | tee -a "$OUT/bench.txt"
+done
+step "tables from every record of this run"
+$PY - "$OUT" <<'PYEOF'
+import sys
+from pathlib import Path
+from omicskern.bench import records, render
+out = Path(sys.argv[1])
+for f in sorted(out.glob("gpu_*.jsonl")):
+    recs = records.read_jsonl(f)
+    dev = (recs[0].get("device") or {}).get("name") if recs else "?"
+    f.with_suffix(".md").write_text(render.markdown(recs, title=f"omicskern GPU check: {dev}"))
+    records.write_csv(f.with_suffix(".csv"), recs)
+    print(f"{f.with_suffix('.md')}: {len(recs)} records")
+    print(render.summary(recs))
+PYEOF
 step done
 ls -la "$OUT"

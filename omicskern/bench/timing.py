@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import statistics
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -196,15 +198,54 @@ def _reset_hwm() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """fd 2 to /dev/null inside the block (the profiler's C++ side logs its start and stop there)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _torch_cpu_peak(fn) -> float:
+    """Peak bytes of tensors the torch CPU allocator held during ``fn()`` beyond what was live
+    before: the running sum of the profiler's memory events (+ allocation, - free) in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return float(peak)
+
+
 def peak_memory(fn: Callable[[], object], *, device="cpu", method: str = "auto") -> tuple[float | None, str]:
     """(peak bytes above what was live before ``fn()``, method). Methods: ``cuda``
-    (``torch.cuda.max_memory_allocated`` delta), ``rss`` (Linux: peak resident set growth during
-    the call, after resetting VmHWM; for torch CPU tensors, which tracemalloc does not see),
-    ``maxrss`` (``ru_maxrss`` growth: only a new process-wide peak shows), ``tracemalloc``
-    (Python and numpy allocations). ``auto``: cuda on GPU, else rss, else maxrss."""
+    (``torch.cuda.max_memory_allocated`` delta), ``torch`` (CPU tensors: the torch allocator's
+    peak from the profiler's memory events, exact to the byte), ``tracemalloc`` (Python and numpy
+    allocations), ``rss`` (Linux: peak resident set growth during the call after resetting VmHWM;
+    coarse: the kernel updates the counters in batches of pages), ``maxrss`` (``ru_maxrss``
+    growth: only a new process-wide peak shows). ``auto``: cuda on GPU, torch on CPU."""
     gc.collect()
     if method == "auto":
-        method = "cuda" if is_cuda(device) else ("rss" if _status_kb("VmHWM:") is not None else "maxrss")
+        method = "cuda" if is_cuda(device) else "torch"
+    if method == "torch":
+        return _torch_cpu_peak(fn), method
     if method == "cuda":
         import torch
 

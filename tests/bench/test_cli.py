@@ -86,7 +86,9 @@ def test_gpu_check_dry_run(tmp_path):
     p = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        env=env, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    assert "bench rc=0" in p.stdout
+    for section in ("attention", "fft_conv", "models", "tests"):  # one invocation each, its own time limit
+        assert f"{section} rc=0" in p.stdout, p.stdout[-3000:]
+    assert (tmp_path / "gpu_cpu_tiny.md").read_text().startswith("# omicskern GPU check")
     versions = (tmp_path / "versions.txt").read_text()
     assert "torch" in versions and "omicskern" in versions
     recs = read_jsonl(tmp_path / "gpu_cpu_tiny.jsonl")

@@ -37,14 +37,25 @@ def test_fields_of_a_rate_and_a_time():
         interleaved({"a": lambda: None}, clock="gpu")
 
 
-def test_peak_memory_sees_a_large_allocation():
-    n = 64 * 2**20  # 64 MiB of float32, touched
-    b, method = peak_memory(lambda: torch.ones(n // 4).sum())
-    assert method in ("rss", "maxrss")
-    if method == "rss":
-        assert 0.8 * n < b < 4 * n
-    b2, m2 = peak_memory(lambda: np.ones(n // 8), method="tracemalloc")
-    assert m2 == "tracemalloc" and b2 >= n
+def test_peak_memory_of_torch_tensors_is_exact():
+    def f():  # peak: a and b live together (8 MiB); a is freed before c
+        a = torch.ones(1024, 1024)
+        b = a * 2
+        del a
+        return b + 1
+    keep = torch.zeros(4096, 1024)  # live before the call: not counted
+    b, method = peak_memory(f)
+    assert method == "torch" and b == pytest.approx(8 * 2**20, rel=0.01) and keep.numel()
+
+
+def test_peak_memory_other_methods():
+    n = 64 * 2**20
+    b, method = peak_memory(lambda: np.ones(n // 8), method="tracemalloc")
+    assert method == "tracemalloc" and n <= b < 1.1 * n
+    b, method = peak_memory(lambda: torch.ones(n // 4).sum(), method="rss")
+    assert method in ("rss", "maxrss") and b >= 0
+    with pytest.raises(ValueError, match="unknown method 'psychic'"):
+        peak_memory(lambda: None, method="psychic")
 
 
 def test_pinned_threads_restores():

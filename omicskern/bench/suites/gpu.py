@@ -266,7 +266,14 @@ def run(ctx: Context) -> list[dict]:
     out = []
     if _dry(ctx):
         ctx.log("gpu suite: " + DRY_NOTE)
+    only = [x for x in os.environ.get("OMICSKERN_GPU_SECTIONS", "").split(",") if x]
+    unknown = set(only) - {n for n, _ in SECTIONS}
+    if unknown:
+        raise ValueError(f"OMICSKERN_GPU_SECTIONS: unknown section(s) {sorted(unknown)} "
+                         f"(choose from {', '.join(n for n, _ in SECTIONS)})")
     for name, fn in SECTIONS:
+        if only and name not in only:
+            continue
         t0 = time.perf_counter()
         try:
             out += fn(ctx)
