@@ -39,6 +39,4 @@ def memory_record(case: str, params: dict, impl: str, peak_bytes: float | None, 
              unit="MiB", value=mib, repeats=1)
     if baseline is not None and baseline_bytes is not None:
         r.update(baseline=baseline, baseline_value=baseline_bytes / 2**20)
-    if mib is not None and mib <= 0:
-        r["ratio"] = None
     return r

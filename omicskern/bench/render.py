@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def _params(p: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in (p or {}).items())
 
 
-def markdown(records: list[dict], title: str = "Benchmark results", png: str | None = None) -> str:
+def markdown(records: list[dict], title: str = "Benchmark results", png: str | None = None,
+             headline: list[str] | None = None) -> str:
     """Markdown: a header (device, load, versions, commit), the summary, then one table per case
     with one row per (parameters, implementation) and the implementations described below it."""
     lines = [f"# {title}", ""]
@@ -64,6 +66,8 @@ def markdown(records: list[dict], title: str = "Benchmark results", png: str | N
                 "ratios of interleaved runs are the figures to trust, not the absolute values.", ""]
     if png:
         lines += [f"![{title}]({png})", ""]
+    if headline:
+        lines += ["## Headline", "", *[f"- {h}" for h in headline], ""]
     lines += ["## Summary", "", *summary(records).splitlines(), ""]
     by_case: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -204,6 +208,21 @@ def _sweep_key(recs: list[dict]) -> str | None:
     return None
 
 
+MAX_LINES = 10  # a sweep with more lines than this goes to the ratio bars instead
+
+
+def _lines(recs: list[dict], x: str) -> dict[str, list]:
+    """label -> [(x, value)]: one line per implementation and combination of the other parameters
+    (those that never change are left out of the label)."""
+    keys = sorted({k for r in recs for k in (r.get("params") or {}) if k != x})
+    vary = [k for k in keys if len({json.dumps((r.get("params") or {}).get(k)) for r in recs}) > 1]
+    out: dict[str, list] = defaultdict(list)
+    for r in recs:
+        rest = {k: r["params"].get(k) for k in vary}
+        out[r["impl"] + (f" [{_params(rest)}]" if rest else "")].append((r["params"][x], r["value"]))
+    return out
+
+
 def plot_records(records: list[dict], path: str | Path, title: str) -> bool:
     """A generic figure for a suite: per case with a numeric sweep (L, cells...) the value against
     it, log-log, one line per implementation; the other cases as bars of their ratio over the
@@ -215,25 +234,22 @@ def plot_records(records: list[dict], path: str | Path, title: str) -> bool:
     by_case: dict[str, list[dict]] = defaultdict(list)
     for r in ok:
         by_case[(r["case"], r["metric"], r["unit"])].append(r)
-    sweeps = {k: v for k, v in by_case.items() if _sweep_key(v)}
+    sweeps = {k: v for k, v in by_case.items() if _sweep_key(v) and len(_lines(v, _sweep_key(v))) <= MAX_LINES}
     bars = [r for k, v in by_case.items() if k not in sweeps for r in v if r.get("ratio")]
-    n = len(sweeps) + (1 if bars else 0)
-    if n == 0:
+    if not sweeps and not bars:
         return False
-    cols = min(3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    ax_iter = iter(axes.flat)
+    cols = max(1, min(3, len(sweeps)))
+    rows = (len(sweeps) + cols - 1) // cols
+    bar_h = max(2.5, 0.14 * len(bars)) if bars else 0.0
+    fig = plt.figure(figsize=(max(5.4 * cols, 13.0 if bars else 0.0), 3.9 * rows + bar_h + 0.6))
+    grid = fig.add_gridspec(rows + (1 if bars else 0), cols,
+                            height_ratios=[3.9] * rows + ([bar_h] if bars else []))
+    sweep_axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(len(sweeps))]
+    ax_iter = iter(sweep_axes)
     for (case, metric, unit), recs in sweeps.items():
         ax = next(ax_iter)
         x = _sweep_key(recs)
-        def rest(r):
-            return {k: v for k, v in (r.get("params") or {}).items() if k != x}
-        several = len({json.dumps(rest(r), sort_keys=True) for r in recs}) > 1
-        lines: dict[str, list] = defaultdict(list)
-        for r in recs:
-            label = r["impl"] + (f" [{_params(rest(r))}]" if several else "")
-            lines[label].append((r["params"][x], r["value"]))
+        lines = _lines(recs, x)
         for label, pts in lines.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label[:60])
@@ -245,19 +261,19 @@ def plot_records(records: list[dict], path: str | Path, title: str) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
     if bars:
-        ax = next(ax_iter)
-        labels = [f"{r['case']}: {r['impl']} [{_params(r.get('params'))}]"[:70] for r in bars]
+        ax = fig.add_subplot(grid[rows, :])
+        labels = [f"{r['case']}: {r['impl']} vs {r.get('baseline')} [{_params(r.get('params'))}]"[:100] for r in bars]
         ax.barh(range(len(bars)), [r["ratio"] for r in bars], color="tab:blue")
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_yticks(range(len(bars)), labels, fontsize=5)
+        ax.set_yticks(range(len(bars)), labels, fontsize=6)
         ax.set_xscale("log")
         ax.set_xlabel("speed-up over the baseline (x, log)")
         ax.invert_yaxis()
-    for ax in ax_iter:
-        ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # tight_layout cannot always fit long labels; bbox_inches does
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long bar labels: grow the canvas, do not clip
     plt.close(fig)
     return True

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import re
 import sys
@@ -88,6 +87,12 @@ class Context:
     def repeats(self) -> int:
         return {"tiny": 2, "quick": 7, "full": 20}[self.size]
 
+    @property
+    def mem_method(self) -> str:
+        """Peak-memory method: the exact torch-profiler one, except for tiny dry runs (each
+        profiled call costs ~0.3 s of set-up), which take the coarse resident-set growth."""
+        return "rss" if self.tiny else "auto"
+
     def pick(self, tiny, quick, full):
         """The value for this run's size."""
         return {"tiny": tiny, "quick": quick, "full": full}[self.size]
@@ -146,10 +151,10 @@ def call_run(mod, ctx: Context) -> list:
     return run(ctx)
 
 
-def run_suite(name: str, ctx: Context, common: dict) -> list[dict]:
+def run_suite(name: str, ctx: Context, common: dict, mod=None) -> list[dict]:
     """Runs one suite and returns its completed records (schema-checked). A suite that fails
     yields one ``error`` record naming the exception, so the other suites still run."""
-    mod = load_suite(name)
+    mod = mod or load_suite(name)
     if mod is None:
         return [R.make_record(dict(suite=name, case="(suite)", impl="-", metric="-", unit="-", status="skipped",
                                    note=f"{SUITES[name]} is not in this checkout"), common)]
@@ -173,6 +178,14 @@ def run_suite(name: str, ctx: Context, common: dict) -> list[dict]:
     return out
 
 
+def default_out() -> Path:
+    """``benchmarks/results`` of the checkout this package runs from, else ``./bench_results``
+    (an installed package has no benchmarks folder beside it)."""
+    if (ROOT / "benchmarks").is_dir() and (ROOT / "pyproject.toml").is_file():
+        return ROOT / "benchmarks" / "results"
+    return Path.cwd() / "bench_results"
+
+
 def file_stem(suite: str, device: str, size: str) -> str:
     return f"{suite.replace('-', '_')}_{device_slug(device)}{'' if size == 'full' else '_' + size}"
 
@@ -187,35 +200,47 @@ def run(suites: list[str] | str = "all", *, size: str = "quick", device: str = "
 
     names = expand(suites)
     ctx = Context(size=size, device=device, **({"log": log} if log else {}))
-    out = Path(out) if out is not None else ROOT / "benchmarks" / "results"
+    out = Path(out) if out is not None else default_out()
     common = R.provenance(device)
     ctx.log(f"omicskern bench: {', '.join(names)} ({size}) on {common['device']['name']}; "
             + R.load_note(common["device"] | {"cpu_count": common["device"].get("cpu_count")}))
     all_records, files, notes = [], [], []
     for name in names:
-        recs = run_suite(name, ctx, common)
+        mod = load_suite(name)
+        recs = run_suite(name, ctx, common, mod)
         all_records += recs
         stem = file_stem(name, device, size)
         files.append(R.append_jsonl(out / f"{stem}.jsonl", recs))
-        files.append(R.write_csv(out / f"{stem}.csv", recs))
-        md = out / f"{stem}.md"
-        png = out / f"{stem}.png"
         title = f"omicskern bench {name} ({size}): {common['device']['name']}"
-        plotted = False
-        if plots:
-            mod = load_suite(name)
-            plotter = getattr(mod, "plot", None) or render.plot_records
-            try:
-                plotted = bool(plotter(recs, png, title))
-            except render.PlotUnavailable as e:
-                notes.append(str(e))
-                ctx.log(f"suite {name}: no PNG: {e}")
-            if plotted:
-                files.append(png)
-        md.write_text(render.markdown(recs, title=title, png=png.name if plotted else None))
-        files.append(md)
+        f, n = write_views(recs, out / stem, title, mod, plots=plots)
+        files += f
+        for msg in n:
+            ctx.log(f"suite {name}: no PNG: {msg}")
+        notes += n
     return {"records": all_records, "files": files, "notes": list(dict.fromkeys(notes))}
 
 
-def records_json(records: list[dict]) -> str:
-    return "\n".join(json.dumps(r) for r in records)
+def write_views(records: list[dict], stem: Path, title: str, mod=None, plots: bool = True) -> tuple[list, list]:
+    """``<stem>.csv``, ``<stem>.png`` (the suite module's ``plot`` or the generic one) and
+    ``<stem>.md`` (with the module's ``headline(records)`` lines when it has one) from records.
+    Returns (files written, notes)."""
+    from omicskern.bench import render
+
+    stem = Path(stem)
+    files, notes = [R.write_csv(stem.with_suffix(".csv"), records)], []
+    png = stem.with_suffix(".png")
+    plotted = False
+    if plots:
+        plotter = getattr(mod, "plot", None) or render.plot_records
+        try:
+            plotted = bool(plotter(records, png, title))
+        except render.PlotUnavailable as e:
+            notes.append(str(e))
+        if plotted:
+            files.append(png)
+    head = getattr(mod, "headline", None)
+    md = stem.with_suffix(".md")
+    md.write_text(render.markdown(records, title=title, png=png.name if plotted else None,
+                                  headline=head(records) if head else None))
+    files.append(md)
+    return files, notes

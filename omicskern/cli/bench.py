@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
     p.add_argument("--tiny", action="store_true", help=argparse_suppress())
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
-    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: benchmarks/results)")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: benchmarks/results of the checkout, else ./bench_results)")
     p.add_argument("--compare", default=None, metavar="OLD.jsonl",
                    help="compare this run with an earlier one; exit 1 on a regression beyond the noise")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

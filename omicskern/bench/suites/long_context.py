@@ -27,6 +27,7 @@ from omicskern.bench.timing import interleaved, peak_memory, pinned_threads
 WIDTH = 128
 HEADS = 2
 STATE = 16  # selective-scan state size N (Mamba's default)
+DONE = "done"  # an implementation whose cut is already recorded
 
 DESCS = {
     **{f"attention {v}: {n}": f"{_attn.DESCS[n]} ({v})" for v in ("bidirectional", "causal", "ALiBi")
@@ -209,8 +210,11 @@ def op_records(ctx: Context) -> list[dict]:
                     if why is None and need > cap:
                         why = alive[n] = (f"cut: its L x L tensors need ~{need / 2**30:.1f} GiB > the "
                                           f"{cap / 2**30:.1f} GiB memory cap")
-                    if why is not None:
+                    if why == DONE:
+                        continue
+                    if why is not None:  # one cut record: the first L not run, and why
                         out.append(status_record(case, params, n, "time", "us/token", "cut", why, DESCS.get(n)))
+                        alive[n] = DONE
                     else:
                         run_now.append(n)
                 if not run_now:
@@ -237,7 +241,7 @@ def op_records(ctx: Context) -> list[dict]:
                 base = fam.baseline if fam.baseline in t else None
                 out += ab_records(case, params, t, DESCS, base, "time", "us/token", per=L, scale=1e6)
                 for n, f in fns.items():
-                    b, method = peak_memory(f, device=ctx.device)
+                    b, method = peak_memory(f, device=ctx.device, method=ctx.mem_method)
                     out.append(memory_record(f"peak memory ({mode})", params, n, b, method, DESCS.get(n)))
                 for n in run_now:
                     # the next L's cost, from this L's and the growth since the previous one (>= linear)
@@ -300,9 +304,10 @@ def model_records(ctx: Context) -> list[dict]:
         for n in alive:
             if alive[n] is None and n == "DNABERT-2-shaped" and 4 * 4 * 2 * L * L > cap:
                 alive[n] = "cut: the L x L ALiBi bias and scores exceed the memory cap"
-            if alive[n] is not None:
+            if alive[n] not in (None, DONE):
                 out.append(status_record("model tokens/s (inference)", params, n, "throughput", "tokens/s", "cut",
                                          alive[n], MODEL_DESCS_RUN[n]))
+                alive[n] = DONE
         if alive["HyenaDNA-shaped"] is None:
             fns["HyenaDNA-shaped"] = lambda: hy(ids)
         if alive["DNABERT-2-shaped"] is None:
@@ -362,9 +367,17 @@ def crossover(records: list[dict], mode: str = "fwd", attention: str = "attentio
     common = sorted(set(att) & set(cv))
     first = next((L for L in common if cv[L] < att[L]), None)
     if not common:
-        return {"L": None, "ratio_at": None, "ratio": None}
+        return {"L": None, "first": None, "ratio_at": None, "ratio": None}
     Lm = common[-1]
-    return {"L": first, "ratio_at": Lm, "ratio": att[Lm] / cv[Lm]}
+    return {"L": first, "first": common[0], "ratio_at": Lm, "ratio": att[Lm] / cv[Lm]}
+
+
+def _from(L, first) -> str:
+    if L is None:
+        return "at no L measured"
+    if L == first:
+        return f"already at the shortest L measured ({L:,})"
+    return f"from L = {L:,}"
 
 
 def headline(records: list[dict]) -> list[str]:
@@ -374,18 +387,17 @@ def headline(records: list[dict]) -> list[str]:
         for att in ("attention bidirectional: omicskern sdpa", "attention ALiBi: omicskern sdpa"):
             x = crossover(records, mode, att)
             if x["ratio"] is not None:
-                lines.append(f"{mode}: HyenaOperator faster per token than {att.split(':')[0]} from L = "
-                             f"{x['L'] if x['L'] else '(not reached)'}; at L = {x['ratio_at']:,} attention takes "
-                             f"{x['ratio']:.1f}x the time per token")
+                lines.append(f"{mode}: HyenaOperator faster per token than {att.split(':')[0]} {_from(x['L'], x['first'])}"
+                             f"; at L = {x['ratio_at']:,} (attention's last L) attention takes {x['ratio']:.1f}x "
+                             "the time per token")
     m = _curves(records, "model tokens/s (inference)", "throughput")
     h, b = dict(m.get("HyenaDNA-shaped", [])), dict(m.get("DNABERT-2-shaped", []))
     common = sorted(set(h) & set(b))
     if common:
         first = next((L for L in common if h[L] > b[L]), None)
-        lines.append(f"models (inference, matched parameters): HyenaDNA-shaped ahead of DNABERT-2-shaped from "
-                     f"L = {first if first else '(not reached)'}; at L = {common[-1]:,} {h[common[-1]] / b[common[-1]]:.1f}x "
-                     f"the tokens/s; DNABERT-2-shaped cut after L = {common[-1]:,}, HyenaDNA-shaped ran to "
-                     f"L = {max(h):,}")
+        lines.append(f"models (inference, matched parameters): HyenaDNA-shaped ahead of DNABERT-2-shaped "
+                     f"{_from(first, common[0])}; at L = {common[-1]:,} {h[common[-1]] / b[common[-1]]:.1f}x the "
+                     f"tokens/s; DNABERT-2-shaped ends at L = {max(b):,}, HyenaDNA-shaped at L = {max(h):,}")
     return lines
 
 
@@ -457,6 +469,6 @@ def plot(records: list[dict], path, title: str) -> bool:
                  f"{dt}\nx = end of a curve (cut: the next L is beyond the time budget or the memory cap)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -195,7 +195,7 @@ def run(ctx: Context) -> list[dict]:
                     continue
                 out += ab_records(model, params, t, descs, "reference", "throughput", "tokens/s", per=sum(lens),
                                   rate=True)
-                mems = {k: peak_memory(f, device=dev) for k, f in fns.items()}
+                mems = {k: peak_memory(f, device=dev, method=ctx.mem_method) for k, f in fns.items()}
                 for k, (b, method) in mems.items():
                     out.append(memory_record(f"{model} peak memory", params, k, b, method, descs[k],
                                              *(("reference", mems["reference"][0]) if k != "reference" else (None, None))))

@@ -42,26 +42,28 @@ def attention_cases(ctx: Context) -> list[dict]:
     out = []
     for L in seqs:
         B = max(1, total // L)
-        for causal in (False, True):
-            for alibi in (False, True):
-                for mode in ("fwd", "fwd+bwd"):
-                    g = torch.Generator(device="cpu").manual_seed(0)
-                    q, k, v, do = (torch.randn(B, L, H, D, generator=g).to(dev, dtype) for _ in range(4))
-                    leaves = [t.requires_grad_(mode == "fwd+bwd") for t in (q, k, v)]
-                    slopes = None
-                    if alibi:
-                        from omicskern.ops.attention import alibi_slopes
+        # (causal, alibi); tiny dry runs take two of the four
+        combos = [(c, a) for c in (False, True) for a in (False, True)]
+        combos = [combos[0], combos[3]] if ctx.tiny else combos
+        for causal, alibi in combos:
+            for mode in ("fwd", "fwd+bwd"):
+                g = torch.Generator(device="cpu").manual_seed(0)
+                q, k, v, do = (torch.randn(B, L, H, D, generator=g).to(dev, dtype) for _ in range(4))
+                leaves = [t.requires_grad_(mode == "fwd+bwd") for t in (q, k, v)]
+                slopes = None
+                if alibi:
+                    from omicskern.ops.attention import alibi_slopes
 
-                        slopes = alibi_slopes(H).to(dev)
-                    names = _attn.impls(dev, alibi)
-                    fns = {n: _fn(_attn.make_call(n, *leaves, causal, slopes), mode, leaves, do) for n in names}
-                    t = interleaved(fns, device=dev, repeats=ctx.repeats, budget_s=ctx.budget_s * len(fns))
-                    params = dict(B=B, L=L, H=H, D=D, causal=causal, alibi=alibi, mode=mode,
-                                  dtype=str(dtype).replace("torch.", ""))
-                    out += ab_records("attention", params, t, _attn.DESCS, "sdpa+bias", "throughput", unit,
-                                      per=_attn.flops(B, L, H, D, causal, mode), scale=scale, rate=True,
-                                      note=None if ctx.cuda else "CPU: Triton runs only in the interpreter here "
-                                      "(not a speed measure), so omicskern runs its sdpa path")
+                    slopes = alibi_slopes(H).to(dev)
+                names = _attn.impls(dev, alibi)
+                fns = {n: _fn(_attn.make_call(n, *leaves, causal, slopes), mode, leaves, do) for n in names}
+                t = interleaved(fns, device=dev, repeats=ctx.repeats, budget_s=ctx.budget_s * len(fns))
+                params = dict(B=B, L=L, H=H, D=D, causal=causal, alibi=alibi, mode=mode,
+                              dtype=str(dtype).replace("torch.", ""))
+                out += ab_records("attention", params, t, _attn.DESCS, "sdpa+bias", "throughput", unit,
+                                  per=_attn.flops(B, L, H, D, causal, mode), scale=scale, rate=True,
+                                  note=None if ctx.cuda else "CPU: Triton runs only in the interpreter here "
+                                  "(not a speed measure), so omicskern runs its sdpa path")
     return out
 
 
@@ -70,7 +72,7 @@ def fftconv_cases(ctx: Context) -> list[dict]:
 
     dev = ctx.device
     dtype = torch.float32 if not ctx.cuda else torch.bfloat16
-    cases = ctx.pick([(2, 4, 256), (1, 4, 1000)],
+    cases = ctx.pick([(1, 4, 1000)],
                      [(8, 64, L) for L in (256, 1000, 1024, 4096, 4097)] + [(1, 16, L) for L in (1 << 16, 1 << 18)],
                      [(64, 768, 1 << p) for p in range(8, 16)] + [(1, 256, 1 << p) for p in range(16, 21)])
     out = []
@@ -95,7 +97,7 @@ def fftconv_cases(ctx: Context) -> list[dict]:
                 continue
             out += ab_records("fft_conv", {**params, "mode": mode}, t, FFT_DESCS, "torch.fft (HyenaDNA)", "time",
                               "ms", scale=1e3)
-            mems = {n: peak_memory(f, device=dev) for n, f in fns.items()}
+            mems = {n: peak_memory(f, device=dev, method=ctx.mem_method) for n, f in fns.items()}
             base_b = mems["torch.fft (HyenaDNA)"][0]
             for n, (b, method) in mems.items():
                 out.append(memory_record("fft_conv peak memory", {**params, "mode": mode}, n, b, method,
