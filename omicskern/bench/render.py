@@ -208,6 +208,7 @@ def _sweep_key(recs: list[dict]) -> str | None:
     return None
 
 
+BAR_SKIP = ("source", "dtype", "bp", "mem_method")
 MAX_LINES = 10  # a sweep with more lines than this goes to the ratio bars instead
 
 
@@ -262,7 +263,10 @@ def plot_records(records: list[dict], path: str | Path, title: str) -> bool:
         ax.legend(fontsize=6)
     if bars:
         ax = fig.add_subplot(grid[rows, :])
-        labels = [f"{r['case']}: {r['impl']} vs {r.get('baseline')} [{_params(r.get('params'))}]"[:100] for r in bars]
+        def short(r):  # the parameters that tell the bars apart (not the case's own name, not constants)
+            p = {k: v for k, v in (r.get("params") or {}).items() if v != r["case"] and k not in BAR_SKIP}
+            return f"{r['case']}: {r['impl']} vs {r.get('baseline')} [{_params(p)}]"[:110]
+        labels = [short(r) for r in bars]
         ax.barh(range(len(bars)), [r["ratio"] for r in bars], color="tab:blue")
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_yticks(range(len(bars)), labels, fontsize=6)

@@ -14,6 +14,7 @@ status, stderr) are :mod:`omicskern.cli._common`'s.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -33,19 +34,13 @@ def register(subparsers) -> None:
     p.add_argument("--suite", action="append", default=None, metavar="NAME",
                    help=f"suite to run, repeatable: all (default: every suite but gpu), {', '.join(SUITES)}")
     p.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
-    p.add_argument("--tiny", action="store_true", help=argparse_suppress())
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # dry-run sizes (tests, gpu_check DRY_RUN)
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
     p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: benchmarks/results of the checkout, else ./bench_results)")
     p.add_argument("--compare", default=None, metavar="OLD.jsonl",
                    help="compare this run with an earlier one; exit 1 on a regression beyond the noise")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=run, _parser=p, _flags=FLAGS, _flag_values=FLAG_VALUES)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _device(value: str | None) -> str:

@@ -434,9 +434,10 @@ def plot(records: list[dict], path, title: str) -> bool:
               (axes[1, 0], "peak memory (fwd)", "peak_mem", "peak memory, forward (MiB above inputs)")]
     for ax, case, metric, ylabel in panels:
         c = _curves(records, case, metric)
+        mode = case.split("(")[-1].rstrip(")")
         for impl, pts in c.items():
             xs, ys = [p[0] for p in pts], [max(p[1], 1e-3) for p in pts]
-            cut = any(r["impl"] == impl and r.get("status") == "cut" and r["case"].startswith(case.split(" (")[0])
+            cut = any(r["impl"] == impl and r.get("status") == "cut" and r["case"] == f"time per token ({mode})"
                       for r in records)
             ax.plot(xs, ys, style(impl), color=color(impl), marker="o", ms=3, label=impl)
             if cut:
