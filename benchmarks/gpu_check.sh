@@ -8,7 +8,8 @@
 #
 # With the device tool, from the project root:
 #   run(command="bash benchmarks/gpu_check.sh $OUT/gpu_check", timeout_s=560)
-# Env: PYTHON (default python3), SKIP_BUILD=1 (no pip install -e .), ATTN_T/FFT_T/MODELS_T/TESTS_T (limits, s).
+# Env: PYTHON (default python3), SKIP_BUILD=1 (no pip install -e .), SECTIONS (default "attention fft_conv
+# models tests"), ATTN_T/FFT_T/MODELS_T/TESTS_T (their limits, s).
 # DRY_RUN=1: on a machine without CUDA, the same steps at tiny sizes through the Triton interpreter.
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,8 +53,9 @@ else
 fi
 # one invocation per section, each with its own time limit, all appending to the same JSONL: a hang
 # or crash in one still leaves the others' records; the tables are rendered from all of them at the end
-for SEC in attention:${ATTN_T:-150} fft_conv:${FFT_T:-80} models:${MODELS_T:-100} tests:${TESTS_T:-140}; do
-  NAME=${SEC%%:*}; LIMIT=${SEC##*:}
+declare -A LIMITS=([attention]=${ATTN_T:-150} [fft_conv]=${FFT_T:-80} [models]=${MODELS_T:-100} [tests]=${TESTS_T:-140})
+for NAME in ${SECTIONS:-attention fft_conv models tests}; do
+  LIMIT=${LIMITS[$NAME]:-60}
   step "omicskern bench --suite gpu --device $DEV: $NAME (limit ${LIMIT}s)"
   OMICSKERN_GPU_SECTIONS=$NAME timeout -k 10 "$LIMIT" $PY -m omicskern bench --suite gpu --device "$DEV" $SIZE \
     --out "$OUT" --no-plots 2>&1 | tee -a "$OUT/bench.txt"

@@ -50,7 +50,7 @@ def test_out_that_is_a_file_and_a_bad_compare_file(tmp_path, capsys):
     assert f"omicskern bench: error: {bad}: line 1: not JSON" in capsys.readouterr().err
 
 
-def test_wrapper_script_runs_the_suite_and_compare_flags_a_regression(tmp_path):
+def test_wrapper_script_runs_the_suite_and_compare_flags_a_regression(tmp_path, capsys):
     """benchmarks/bench_pipelines_scale.py (a thin wrapper) in a fresh process writes JSONL, CSV and
     markdown; run again with --compare against a copy whose throughputs were doubled (an injected
     regression of the new run), it exits 1 and names the regression."""
@@ -70,23 +70,31 @@ def test_wrapper_script_runs_the_suite_and_compare_flags_a_regression(tmp_path):
         for r in recs:
             r = {**r, "value": r["value"] * 2, "median": r["median"] * 2}  # the old run was twice as fast
             f.write(json.dumps(r) + "\n")
-    p = subprocess.run([sys.executable, "-m", "omicskern.bench", "--suite", "pipelines", "--tiny", "--out",
-                        str(tmp_path / "res2"), "--no-plots", "--compare", str(old)], cwd=ROOT, capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert p.returncode == 1, p.stdout + p.stderr[-2000:]
-    assert "REGRESSION pipelines/tokenize scale" in p.stdout
-    assert "omicskern bench: error: regression against" in p.stderr
+    rc = main(["bench", "--suite", "pipelines", "--tiny", "--out", str(tmp_path / "res2"), "--no-plots",
+               "--compare", str(old)])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.out + cap.err[-2000:]
+    assert "REGRESSION pipelines/tokenize scale" in cap.out
+    assert "omicskern bench: error: regression against" in cap.err
+
+
+def test_python_dash_m_entry_point():
+    p = subprocess.run([sys.executable, "-m", "omicskern.bench", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("usage: omicskern bench")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path):
     """benchmarks/gpu_check.sh without a device: versions, then the gpu suite at tiny sizes through
     the Triton interpreter; records and tables in one folder, no GPU figure claimed."""
-    env = {**os.environ, "DRY_RUN": "1", "SKIP_BUILD": "1", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    # the models section is the models suite (its own tiny run is tested in test_suites.py)
+    env = {**os.environ, "DRY_RUN": "1", "SKIP_BUILD": "1", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+           "SECTIONS": "attention fft_conv tests"}
     p = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        env=env, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    for section in ("attention", "fft_conv", "models", "tests"):  # one invocation each, its own time limit
+    for section in ("attention", "fft_conv", "tests"):  # one invocation each, its own time limit
         assert f"{section} rc=0" in p.stdout, p.stdout[-3000:]
     assert (tmp_path / "gpu_cpu_tiny.md").read_text().startswith("# omicskern GPU check")
     versions = (tmp_path / "versions.txt").read_text()
