@@ -1,0 +1,11 @@
+"""Thin wrapper: ``omicskern bench --suite long-context`` (the cases live in :mod:`omicskern.bench`).
+
+    python benchmarks/bench_long_context.py [--quick] [--device cpu|cuda] [--out DIR] [--compare OLD.jsonl]
+"""
+
+import sys
+
+from _common import bench
+
+if __name__ == "__main__":
+    sys.exit(bench("long-context"))

@@ -1,0 +1,1 @@
+"""The benchmark suites (one module each; registered in :data:`omicskern.bench.runner.SUITES`)."""
