@@ -269,5 +269,19 @@ def _write(rows, dev, args) -> None:
     print("\n".join(lines))
 
 
+def run(quick: bool) -> list[dict]:
+    """The ``embed-genome`` suite of ``omicskern bench``: this script's rows as schema records."""
+    out = []
+    for r in main(["--quick"] if quick else []):
+        params = {"model": r["model"], "bases": r["bases"], "window": r["window"], "threads": r["threads"]}
+        out.append(dict(case=r["case"], params=params, impl="omicskern", impl_desc="embed_genome into Zarr",
+                        metric="throughput", unit="bp/s", value=r["omicskern_bp_s"], baseline="user loop",
+                        baseline_desc="pyfaidx + reference tokenizer + padded reference model + np.save",
+                        baseline_value=r["user_bp_s"]))
+        out.append(dict(case=r["case"], params=params, impl="omicskern", metric="peak memory", unit="MiB",
+                        value=r["omicskern_peak_mib"], baseline="user loop", baseline_value=r["user_peak_mib"]))
+    return out
+
+
 if __name__ == "__main__":
     main()

@@ -39,6 +39,7 @@ SUITES: dict[str, str] = {
     # plain scripts other areas add: run(quick: bool) -> list[dict]
     "selective-scan": "benchmarks/bench_selective_scan.py",
     "embed-genome": "benchmarks/bench_embed_genome.py",
+    "score-variants": "benchmarks/bench_variants.py",
     "embed-cells": "benchmarks/bench_embed_cells.py",
 }
 # suites `--suite all` leaves out: the GPU check is asked for by name (it needs a device)
