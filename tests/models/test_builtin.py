@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAMBDA = ROOT / "tests" / "data" / "lambda_phage.fa"
 # A lambda stretch (the shipped model never saw lambda): 4 windows of 1024 bases.
 START, N_BASES = 20_000, 4096
-# Trained: ~1.93 bits/base here (docs/builtin_model.md); untrained (the same init): ~4 bits.
-MAX_BITS = 1.97
+# Trained: 1.915 bits/base on this stretch; the same architecture at its init: 3.89.
+MAX_BITS = 1.95
 
 
 def _lambda() -> str:
