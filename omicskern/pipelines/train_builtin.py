@@ -21,7 +21,8 @@ padded vocabulary, not renormalised to ACGT), in non-overlapping windows of ``wi
 context restarts at every window). Baselines: 2.0 bits (uniform over ACGT) and order-k Markov
 chains (Laplace/add-one smoothing) fitted on the same training bases, both strands, scored on the
 same bases with the k preceding bases as context (across window boundaries, which favours the
-baseline). Targets other than ACGT (N) are not scored by either.
+baseline). Targets other than ACGT (N) are not scored by either. See :func:`evaluate` for the
+three ways the baseline uses the two training genomes.
 
 Example:
     $ python -m omicskern.pipelines.train_builtin --out /tmp/omk-tiny --steps 1500 --seed 0
@@ -340,39 +341,52 @@ def markov_bits(counts: np.ndarray, context: str, seq: str) -> tuple[float, int]
     return float(total), n
 
 
-def evaluate(model_dir: str | Path, *, ks=range(1, 11), threads: int = 1, window: int | None = None,
+def evaluate(model_dir: str | Path | None, *, ks=range(1, 11), threads: int = 1, window: int | None = None,
              ecoli: Path | None = None, lambda_fa: Path = LAMBDA, train_specs: list[str] | None = None) -> dict:
-    """The figures of docs/builtin_model.md: bits per base of the model and of order-k Markov
-    baselines (on the training bases of ``train_specs``) on the held-out E. coli region and lambda."""
-    import omicskern
+    """The figures of docs/builtin_model.md: bits per base of the model (``model_dir``; None skips
+    it) and of order-k Markov baselines on the held-out E. coli region and on lambda.
+
+    Three baselines, all on the training bases of ``train_specs`` (default: E. coli's first 90% and
+    P. falciparum), both strands: ``markov_pooled`` (counts pooled, so P. falciparum's 23 Mb
+    dominate), ``markov_balanced`` (each genome's counts scaled to half the total: the mixture the
+    model's sampler draws) and ``markov_ecoli_only`` (the first source alone: a specialist)."""
     from omicskern.io.fasta import FastaFile
 
     torch.set_num_threads(threads)
-    model = omicskern.load(str(model_dir))
-    model.eval()
     ecoli = Path(ecoli or DNA / ECOLI)
     with FastaFile(ecoli) as fa:
         (_, chrom), = list(fa.records())
     cut = int(HOLDOUT_FRAC * len(chrom))
-    held = {"ecoli_heldout": (chrom[:cut], chrom[cut:]),
-            "lambda": ("", next(iter(FastaFile(lambda_fa).records()))[1])}
-    specs = train_specs or default_specs()
-    sources = [load_source(s) for s in specs]
-    res = {"model": str(model_dir), "window": window or model.max_length - 2, "sets": {}}
+    with FastaFile(lambda_fa) as fa:
+        (_, lam), = list(fa.records())
+    held = {"ecoli_heldout": (chrom[:cut], chrom[cut:]), "lambda": ("", lam)}
+    res = {"model": None if model_dir is None else str(model_dir), "sets": {}}
     for name, (ctx, seq) in held.items():
-        t = time.perf_counter()
-        bits, n = bits_per_base(model, seq, window=window)
-        res["sets"][name] = {"bases": n, "model_bits_per_base": bits / n, "model_s": round(time.perf_counter() - t, 1),
-                             "uniform_bits_per_base": 2.0, "markov_same_data": {}, "markov_ecoli_only": {}}
-    for k in ks:
-        pooled = markov_counts([s for src in sources for s in src.seqs], k)
-        eco = markov_counts(sources[0].seqs, k)
+        res["sets"][name] = {"bases": int((_codes(seq) >= 0).sum()), "uniform_bits_per_base": 2.0}
+    if model_dir is not None:
+        import omicskern
+
+        model = omicskern.load(model_dir if isinstance(model_dir, str) else Path(model_dir))
+        model.eval()
+        res["window"] = window or model.max_length - 2
         for name, (ctx, seq) in held.items():
-            for key, counts in (("markov_same_data", pooled), ("markov_ecoli_only", eco)):
+            t = time.perf_counter()
+            bits, n = bits_per_base(model, seq, window=window)
+            assert n == res["sets"][name]["bases"]
+            res["sets"][name].update(model_bits_per_base=bits / n, model_s=round(time.perf_counter() - t, 1))
+    sources = [load_source(s) for s in (train_specs or default_specs())]
+    keys = ("markov_pooled", "markov_balanced", "markov_ecoli_only")
+    for k in ks:
+        per = [markov_counts(src.seqs, k) for src in sources]
+        pooled = sum(per)
+        total = pooled.sum()
+        balanced = sum(c * (total / (len(per) * c.sum())) for c in per)
+        for name, (ctx, seq) in held.items():
+            for key, counts in zip(keys, (pooled, balanced, per[0])):
                 bits, n = markov_bits(counts, ctx, seq)
-                res["sets"][name][key][k] = bits / n
+                res["sets"][name].setdefault(key, {})[k] = bits / n
     for r in res["sets"].values():
-        for key in ("markov_same_data", "markov_ecoli_only"):
+        for key in keys:
             best = min(r[key], key=r[key].get)
             r[key + "_best"] = {"k": best, "bits_per_base": r[key][best]}
     return res
@@ -381,7 +395,8 @@ def evaluate(model_dir: str | Path, *, ks=range(1, 11), threads: int = 1, window
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m omicskern.pipelines.train_builtin", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="train into this folder (config.json, model.safetensors, training.json, train_log.csv)")
-    p.add_argument("--eval", metavar="MODEL_DIR", help="evaluate this model folder instead of training")
+    p.add_argument("--eval", metavar="MODEL_DIR", help="evaluate this model folder ('builtin': the shipped one) "
+                   "instead of training; 'none': the Markov baselines only")
     p.add_argument("--json", help="with --eval: write the figures to this JSON file")
     p.add_argument("--steps", type=int, default=700, help="optimizer steps (the shipped model: see its README)")
     p.add_argument("--seed", type=int, default=0)
@@ -403,7 +418,7 @@ def main(argv=None) -> int:
     if bool(a.out) == bool(a.eval):
         p.error("give exactly one of --out DIR (train) or --eval MODEL_DIR")
     if a.eval:
-        res = evaluate(a.eval, threads=a.threads, window=a.window, train_specs=a.train)
+        res = evaluate(None if a.eval == "none" else a.eval, threads=a.threads, window=a.window, train_specs=a.train)
         text = json.dumps(res, indent=2)
         if a.json:
             Path(a.json).write_text(text + "\n")
