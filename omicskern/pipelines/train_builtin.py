@@ -25,7 +25,7 @@ baseline). Targets other than ACGT (N) are not scored by either. See :func:`eval
 three ways the baseline uses the two training genomes.
 
 Example:
-    $ python -m omicskern.pipelines.train_builtin --out /tmp/omk-tiny --steps 1500 --seed 0
+    $ python -m omicskern.pipelines.train_builtin --out /tmp/omk-tiny --steps 700 --seed 0
     $ python -m omicskern.pipelines.train_builtin --eval /tmp/omk-tiny --json eval.json
 """
 
