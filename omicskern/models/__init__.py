@@ -20,6 +20,8 @@ _LAZY = {
     "REGISTRY": "omicskern.models.registry",
     "load": "omicskern.models.registry",
     "detect": "omicskern.models.registry",
+    "BUILTIN": "omicskern.models.builtin",
+    "builtin_path": "omicskern.models.builtin",
     "DNABERT2": "omicskern.models.dnabert2",
     "DNABERT2Config": "omicskern.models.dnabert2",
     "HyenaDNA": "omicskern.models.hyenadna",

@@ -58,8 +58,9 @@ def _supported() -> str:
 
 
 def detect(path: str | Path) -> ModelEntry:
-    """The registry entry of the checkpoint folder ``path``; a clear error when none fits."""
-    folder = _check_folder(path)
+    """The registry entry of the checkpoint folder ``path`` (or ``"builtin[:NAME]"``); a clear
+    error when none fits."""
+    folder = _check_folder(_builtin_or(path))
     cfg_file = folder / "config.json"
     files = sorted(p.name for p in folder.iterdir())
     shown = ", ".join(files[:20]) + (f", ... ({len(files) - 20} more)" if len(files) > 20 else "")
@@ -110,7 +111,9 @@ def load(path: str | Path, *, device=None, dtype=None):
     completes the pair. Loading is strict (see ``from_pretrained``).
 
     Args:
-        path: a checkpoint folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``).
+        path: a checkpoint folder (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``),
+            or ``"builtin"`` / ``"builtin:NAME"`` for a model shipped in the package
+            (:mod:`omicskern.models.builtin`).
         device: e.g. ``"cuda"``; ``None`` keeps the CPU.
         dtype: ``torch.float32``/``"bf16"``/...; ``None`` keeps the checkpoint's.
 
@@ -118,8 +121,15 @@ def load(path: str | Path, *, device=None, dtype=None):
         >>> model = omicskern.load("nucleotide-transformer-v2-50m-multi-species/")   # doctest: +SKIP
         >>> model.embed(model.get_tokenizer().encode_batch(["ACGTAC" * 20], padding=False)).pooled.shape
     """
+    path = _builtin_or(path)
     entry = detect(path)
     return entry.cls.from_pretrained(path, device=device, dtype=dtype)
+
+
+def _builtin_or(path):
+    from omicskern.models.builtin import resolve
+
+    return resolve(path) or path
 
 
 def entry_of(model) -> ModelEntry:
