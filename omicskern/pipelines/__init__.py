@@ -15,6 +15,8 @@ _LAZY = {
     "tokenize_fasta": "omicskern.pipelines.tokenize",
     "tokenize_cells": "omicskern.pipelines.tokenize",
     "TokenizeResult": "omicskern.pipelines.tokenize",
+    "embed_cells": "omicskern.pipelines.embed_cells",
+    "EmbedCellsResult": "omicskern.pipelines.embed_cells",
     "JobKey": "omicskern.pipelines.jobs",
     "JobMismatchError": "omicskern.errors",
     "Manifest": "omicskern.pipelines.jobs",

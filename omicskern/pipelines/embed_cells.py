@@ -504,6 +504,8 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
             res = _result_from_record(done, out, fmt)
             res.reused = True
             if write_obsm and ranks.is_main:
+                if fmt == "zarr":
+                    store.open()
                 _write_obsm(input, store, obsm_key, n, dim, overwrite)
                 res.obsm_written = f"/obsm/{obsm_key}"
             return res
