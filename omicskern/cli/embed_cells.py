@@ -2,7 +2,7 @@
 (Geneformer V1/V2, scGPT), streamed from the backed h5ad, resumable, split over ranks under
 ``torchrun --nproc_per_node N -m omicskern embed-cells ...``.
 
-Parses the command line and calls :func:`omicskern.pipelines.embed_cells.embed_cells` (what a
+Parses the command line and calls :func:`omicskern.pipelines.cells.embed_cells` (what a
 cell's vector is, the output layout, resume and ``--write-obsm`` are documented there). Summary
 (cells embedded / not embedded by reason, genes matched, wall time split reading+tokenizing vs
 model) and progress (cells/s, ETA) go to stderr.
@@ -80,7 +80,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omicskern.pipelines.embed_cells import embed_cells
+    from omicskern.pipelines.cells import embed_cells
     from omicskern.pipelines.distributed import Ranks
 
     check_args(args)

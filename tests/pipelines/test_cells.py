@@ -1,4 +1,4 @@
-"""``omicskern.pipelines.embed_cells``: Geneformer (EmbExtractor's definition, checked through
+"""``omicskern.pipelines.cells``: Geneformer (EmbExtractor's definition, checked through
 transformers' BertForMaskedLM on padded batches) and scGPT (embed_data's) on real cells; one row
 per input cell in order with NaN + status for cells that can't be embedded; zarr and npy; gene
 embeddings; --write-obsm; resume after a real SIGKILL; torchrun with 2 CPU ranks = 1 process;
@@ -23,7 +23,7 @@ import torch
 import omicskern
 from omicskern.errors import (CheckpointError, InvalidCountsError, InvalidFileError, JobMismatchError,
                               MissingColumnError, NoMatchingGenesError)
-from omicskern.pipelines.embed_cells import FILTERED, NO_GENES, EMBEDDED, embed_cells, matrix_fingerprint
+from omicskern.pipelines.cells import FILTERED, NO_GENES, EMBEDDED, embed_cells, matrix_fingerprint
 from tests.models import _folders
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,8 @@ def test_geneformer_matches_emb_extractor_through_transformers(geneformer_dir, c
         assert r.pooling == pooling and r.layer == -2 and r.n_cells == 41
         g = _zarr(out)
         emb, status = g["embeddings"][:], g["status"][:]
-        assert emb.shape == (41, 32) and g.attrs["omicskern"]["complete"]
+        assert emb.shape == (41, 32) and g.attrs["complete"] and g.attrs["format"] == "omicskern.cell-embeddings/1"
+        assert g.attrs["pooling"] == pooling and g.attrs["status_codes"]["1"] == "no gene of the model's vocabulary"
         np.testing.assert_allclose(emb[rows], ref, atol=2e-5, rtol=1e-4)
         assert status[3] == NO_GENES and status[5] == NO_GENES and status[7] == FILTERED
         assert np.isnan(emb[[3, 5, 7]]).all() and (status[rows] == EMBEDDED).all()
@@ -222,7 +223,7 @@ def test_bad_inputs_are_named(scgpt_dir, geneformer_dir, cells, tmp_path):
         with pytest.raises(InvalidCountsError, match=rf"{what}.h5ad: cell 30 \('{a.obs_names[30]}'\), column 100.*{says}"):
             embed_cells(p, scgpt_dir, out, gene_column="gene_symbol", cells_per_unit=8)
         g = _zarr(out)
-        assert not g.attrs["omicskern"]["complete"]  # nothing half-written looks complete
+        assert not g.attrs["complete"]  # nothing half-written looks complete
         assert (g["status"][24:32] == -1).all()
     csc = a.copy()
     csc.X = a.X.tocsc()
@@ -236,7 +237,7 @@ def test_bad_inputs_are_named(scgpt_dir, geneformer_dir, cells, tmp_path):
         embed_cells(cells, scgpt_dir, other, gene_column="gene_symbol")
     (tmp_path / "x.zarr").mkdir()
     (tmp_path / "x.zarr" / "notes.txt").write_text("mine")
-    with pytest.raises(JobMismatchError, match="x.zarr is not empty and has no manifest.json"):
+    with pytest.raises(JobMismatchError, match="x.zarr is not empty and is not an embed-cells store"):
         embed_cells(cells, scgpt_dir, tmp_path / "x.zarr", gene_column="gene_symbol")
     # a Geneformer output folder refused for a scGPT job
     embed_cells(cells, geneformer_dir, tmp_path / "gf.zarr")
@@ -290,19 +291,19 @@ def test_sigkill_resumes_to_identical_arrays(scgpt_dir, tmp_path):
         p = _cli(args(out))
         t = time.monotonic()
         while p.poll() is None and time.monotonic() - t < 120:
-            if len(list(out.glob("shard-*.npz"))) >= n_done:
+            if len(list(out.glob(".omicskern-job/shard-*.npz"))) >= n_done:
                 break
             time.sleep(0.01)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        assert not _zarr(out).attrs["omicskern"]["complete"]
+        assert not _zarr(out).attrs["complete"]
     p = _cli(args(out))
     assert p.wait(timeout=300) == 0, p.stderr.read()
     a, b = _zarr(ref), _zarr(out)
     for name in ("embeddings", "status", "obs_names"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
-    assert b.attrs["omicskern"]["complete"] and b.attrs["omicskern"]["job_key"] == a.attrs["omicskern"]["job_key"]
-    man = json.loads((out / "manifest.json").read_text())
+    assert b.attrs["complete"] and b.attrs["omicskern_job"]["key"] == a.attrs["omicskern_job"]["key"]
+    man = json.loads((out / ".omicskern-job" / "manifest.json").read_text())
     assert [e["index"] for e in man["units"]] == list(range(30)) and all(e["done"] for e in man["units"])
     assert sum(e["rows"] for e in man["units"]) == 1500
     assert not [q for q in out.rglob("*") if ".tmp-" in q.name]
@@ -330,6 +331,6 @@ def test_torchrun_two_cpu_ranks_equal_one_process(geneformer_dir, tmp_path):
     x, y = _zarr(tmp_path / "one.zarr"), _zarr(tmp_path / "two.zarr")
     np.testing.assert_array_equal(x["embeddings"][:], y["embeddings"][:])
     np.testing.assert_array_equal(x["status"][:], y["status"][:])
-    assert y.attrs["omicskern"]["complete"]
-    man = json.loads((tmp_path / "two.zarr" / "manifest.json").read_text())
+    assert y.attrs["complete"]
+    man = json.loads((tmp_path / "two.zarr" / ".omicskern-job" / "manifest.json").read_text())
     assert len(man["units"]) == 11 and all(e["done"] for e in man["units"])

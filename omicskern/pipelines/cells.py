@@ -25,9 +25,10 @@ gene of the model's vocabulary, or left out by the filter column) gets a NaN row
 
 * ``.zarr``: a Zarr v3 group: ``embeddings`` float32 ``[n_cells, C]`` chunked ``(cells_per_unit,
   C)``, ``status`` int8 ``[n_cells]``, ``obs_names`` str, with ``emb="gene"`` ``gene_embeddings``
-  ``[G, C]``, ``gene_ids`` and ``gene_cells``; attributes hold the job key, the settings, the
-  status codes, the summary and ``complete: true`` once every unit is written. The job's
-  ``manifest.json`` and shard files sit beside the arrays.
+  ``[G, C]``, ``gene_ids`` and ``gene_cells``; the group's attributes (as embed-genome's store):
+  ``format``, ``omicskern`` (version), ``omicskern_job`` (key and settings), ``status_codes``,
+  ``pooling``, ``layer``, ``model``, ``summary`` and ``complete`` (true once every unit is
+  written). The job's manifest and shards live in ``OUT.zarr/.omicskern-job/``.
 * ``.npy``: ``OUT.npy`` (float32 ``[n_cells, C]``) + ``OUT.obs.csv`` (obs_name, status, reason) +
   ``OUT.job.json``; the work (a memory-mapped array + manifest) lives in ``OUT.npy.parts/`` until
   the job is complete, then ``OUT.npy`` is renamed into place.
@@ -75,6 +76,8 @@ STATUS = {0: "embedded", 1: "no gene of the model's vocabulary", 2: "left out by
 EMBEDDED, NO_GENES, FILTERED, NOT_WRITTEN = 0, 1, 2, -1
 FORMATS = ("zarr", "npy")
 EMB_MODES = ("cell", "gene")
+_WORK = ".omicskern-job"  # the job's manifest and shards inside a .zarr store (as embed-genome's)
+_FMT = "omicskern.cell-embeddings/1"
 
 
 @dataclass
@@ -201,7 +204,7 @@ class _ZarrStore:
 
     def __init__(self, out: Path):
         self.out = out
-        self.work = out
+        self.work = out / _WORK
         self._g = None
 
     def _zarr(self):
@@ -211,22 +214,29 @@ class _ZarrStore:
             raise ImportError("a .zarr output needs the zarr package (pip install 'zarr>=3'); or use --out X.npy") from None
         return zarr
 
-    def done_record(self) -> dict | None:
+    def attrs(self) -> dict | None:
+        """The store's attributes (``None``: no zarr group there)."""
         zj = self.out / "zarr.json"
         if not zj.is_file():
             return None
         try:
-            attrs = json.loads(zj.read_text()).get("attributes", {})
+            return json.loads(zj.read_text()).get("attributes", {})
         except (OSError, json.JSONDecodeError):
-            return None
-        return attrs.get("omicskern") if attrs.get("omicskern", {}).get("complete") else None
+            return {}
 
-    def create(self, n: int, c: int, chunk: int, obs_names: np.ndarray) -> None:
+    def done_record(self) -> dict | None:
+        a = self.attrs()
+        return a if a and a.get("complete") and a.get("format") == _FMT else None
+
+    def job_key(self) -> str | None:
+        a = self.attrs() or {}
+        return (a.get("omicskern_job") or {}).get("key") if a.get("format") == _FMT else None
+
+    def create(self, n: int, c: int, chunk: int, obs_names: np.ndarray, attrs: dict) -> None:
         zarr = self._zarr()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr's "string dtype is not in the v3 spec yet" notice
             g = zarr.open_group(str(self.out), mode="a")
-            g.attrs.put({"omicskern": {"complete": False}})
             e = g.create_array("embeddings", shape=(n, c), chunks=(chunk, c), dtype="float32", fill_value=np.nan,
                                overwrite=True)
             s = g.create_array("status", shape=(n,), chunks=(chunk,), dtype="int8", fill_value=NOT_WRITTEN,
@@ -237,6 +247,7 @@ class _ZarrStore:
                     del g[name]
             for a in range(0, n, 1 << 18):
                 o[a:a + (1 << 18)] = np.asarray(obs_names[a:a + (1 << 18)]).astype(str)
+            g.attrs.put(attrs)  # last: a store with attributes has all its arrays
         del e, s
 
     def open(self) -> None:
@@ -267,7 +278,7 @@ class _ZarrStore:
                                overwrite=True)[:] = np.asarray(ids).astype(str)
                 g.create_array("gene_cells", shape=(len(ids),), chunks=(max(1, len(ids)),), dtype="int64",
                                overwrite=True)[:] = cells
-            g.attrs.put({"omicskern": record})
+            g.attrs.put(record)
 
 
 class _NpyStore:
@@ -290,7 +301,14 @@ class _NpyStore:
             return None
         return rec if rec.get("complete") else None
 
-    def create(self, n: int, c: int, chunk: int, obs_names: np.ndarray) -> None:
+    def job_key(self) -> str | None:
+        m = self.work / "manifest.json"
+        try:
+            return json.loads(m.read_text()).get("job_key") if m.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def create(self, n: int, c: int, chunk: int, obs_names: np.ndarray, attrs: dict) -> None:
         emb = np.lib.format.open_memmap(self.work / "embeddings.npy", mode="w+", dtype=np.float32, shape=(n, c))
         emb[:] = np.nan
         emb.flush()
@@ -500,7 +518,7 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
             raise type(e)(f"{input}: {e}") from None
         units = cell_units(n, int(cells_per_unit))
         done = store.done_record()
-        if done is not None and done.get("job_key") == key.hexdigest:
+        if done is not None and (done.get("omicskern_job") or {}).get("key") == key.hexdigest:
             res = _result_from_record(done, out, fmt)
             res.reused = True
             if write_obsm and ranks.is_main:
@@ -510,22 +528,23 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
                 res.obsm_written = f"/obsm/{obsm_key}"
             return res
         if done is not None and not overwrite:
-            raise JobMismatchError(f"{out} holds the output of another job (job {done.get('job_key')}, this job "
-                                   f"{key.hexdigest}: {key.differences(done.get('job'))}); use overwrite=True "
+            old = done.get("omicskern_job") or {}
+            raise JobMismatchError(f"{out} holds the output of another job (job {old.get('key')}, this job "
+                                   f"{key.hexdigest}: {key.differences(old)}); use overwrite=True "
                                    "or another output path")
         ranks.init(str(model.device))
         job = ShardedJob(store.work, key, units, config=settings)
+        from omicskern import __version__
+
+        attrs = {"format": _FMT, "omicskern": __version__, "complete": False,
+                 "omicskern_job": {"key": key.hexdigest, **key.to_dict()}, "status_codes": STATUS,
+                 "pooling": pooling, "layer": emb_layer, "emb": emb, "dim": dim,
+                 "model": {"type": model.model_type, "path": str(getattr(model, "source_path", None)),
+                           **key.producer["model"]}}
         ok, err = True, None
         if ranks.is_main:
             try:
-                if fmt == "npy" and overwrite:
-                    for p in (store.out, store.obs_csv, store.job_json):
-                        p.unlink(missing_ok=True)
-                fresh = not (store.work / "manifest.json").is_file()
-                old_key = None if fresh else json.loads((store.work / "manifest.json").read_text()).get("job_key")
-                job.open(overwrite=overwrite)
-                if fresh or old_key != key.hexdigest or not _arrays_there(store, fmt):
-                    store.create(n, dim, int(cells_per_unit), _obs_names(m))
+                _prepare(store, fmt, out, key, job, n, dim, int(cells_per_unit), m, attrs, overwrite)
             except Exception as e:  # the other ranks stop too (all_ok), this rank raises
                 ok, err = False, e
         if not ranks.all_ok(ok):
@@ -621,11 +640,10 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
             genes = _merge_genes(job, units, tok) if emb == "gene" else None
             result.n_gene_embeddings = 0 if genes is None else len(genes[0])
             result.wall_s = time.perf_counter() - t_start
-            record = {"complete": True, "job_key": key.hexdigest, "job": key.to_dict(), "status_codes": STATUS,
+            record = {**attrs, "complete": True,
                       "summary": {k: v for k, v in result.to_dict().items()
                                   if k in ("n_cells", "n_embedded", "not_embedded", "dim", "n_genes", "n_genes_matched",
-                                           "n_gene_embeddings", "pooling", "layer")},
-                      "model_type": model.model_type, "source_model": str(getattr(model, "source_path", None))}
+                                           "n_gene_embeddings", "pooling", "layer")}}
             store.finalize(record, genes)
             if write_obsm:
                 _write_obsm(input, store, obsm_key, n, dim, overwrite)
@@ -636,6 +654,36 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
     finally:
         m.close()
         ranks.close()
+
+
+def _prepare(store, fmt, out: Path, key: JobKey, job: ShardedJob, n: int, dim: int, chunk: int, m, attrs: dict,
+             overwrite: bool) -> None:
+    """Rank 0: resume this job's output, refuse another's (unless ``overwrite``), else create the
+    fixed-shape arrays up front (attributes last)."""
+    if fmt == "npy":
+        if overwrite:
+            for p in (store.out, store.obs_csv, store.job_json):
+                p.unlink(missing_ok=True)
+        resume = store.job_key() == key.hexdigest and _arrays_there(store, fmt)
+        job.open(overwrite=overwrite)  # refuses another job's work folder unless overwrite
+        if not resume:
+            store.create(n, dim, chunk, _obs_names(m), attrs)
+        return
+    if out.exists() and not out.is_dir():
+        raise JobMismatchError(f"{out} exists and is not a folder (a .zarr store is a folder)")
+    if store.job_key() == key.hexdigest and _arrays_there(store, fmt):
+        job.open(overwrite=False)
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            old = (store.attrs() or {}).get("omicskern_job")
+            what = (f"holds the output of another job ({key.differences(old)})" if old
+                    else "is not empty and is not an embed-cells store")
+            raise JobMismatchError(f"{out} {what}; use overwrite=True or another output path")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    job.open(overwrite=True)
+    store.create(n, dim, chunk, _obs_names(m), attrs)
 
 
 def _arrays_there(store, fmt) -> bool:
