@@ -14,8 +14,9 @@ resumable, split over torchrun ranks. ``omicskern embed-cells`` parses arguments
   summary: for every gene token, the mean of its state (same layer) over every cell it occurs in
   (special tokens left out), with the number of cells.
 
-**Input.** Read backed and streamed in units of ``cells_per_unit`` cells (CSR ``X`` or a layer,
-sparse or dense; a CSC matrix is refused with the one-line conversion). The tokenizer is the
+**Input.** Read backed and streamed in units of ``cells_per_unit`` cells (``X`` or a layer; CSR,
+dense, or CSC: a CSC matrix is first rewritten in row order into memory-mapped files in a
+temporary folder beside ``out``, two bounded passes, removed at the end). The tokenizer is the
 model's own (``model.get_tokenizer()``), deterministic (scGPT: ``tie_break="deterministic"``
 and a seeded subset for cells over 1200 genes); its gene mapping report is in the summary.
 
@@ -509,7 +510,21 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
     key = JobKey("embed-cells", matrix_fingerprint(input, layer), {"model": model_identity(model),
                                                                    "tokenizer": cell_tokenizer_identity(tok)}, settings)
 
-    m = open_cells(str(input), layer=layer)
+    from omicskern.io.cells import h5ad_encoding, open_cells_csc
+
+    csc_dir = None
+    if h5ad_encoding(input, layer) == "csc_matrix":  # rewritten once in row order, bounded memory
+        import tempfile
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        csc_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.csc-", dir=out.parent))
+        try:
+            m = open_cells_csc(input, csc_dir, layer=layer)
+        except BaseException:
+            shutil.rmtree(csc_dir, ignore_errors=True)
+            raise
+    else:
+        m = open_cells(str(input), layer=layer)
     try:
         n = m.n_obs
         try:  # the gene mapping, checked before any output is made
@@ -654,6 +669,8 @@ def embed_cells(input: str | os.PathLike, model, out: str | os.PathLike, *, fmt:
     finally:
         m.close()
         ranks.close()
+        if csc_dir is not None:
+            shutil.rmtree(csc_dir, ignore_errors=True)
 
 
 def _prepare(store, fmt, out: Path, key: JobKey, job: ShardedJob, n: int, dim: int, chunk: int, m, attrs: dict,
