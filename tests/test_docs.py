@@ -84,6 +84,7 @@ def workdir(tmp_path_factory):
     _folders.nucleotide_transformer(d / "nucleotide-transformer-v2-50m-multi-species")
     _folders.hyenadna(d / "hyenadna-small-32k-seqlen")
     _folders.geneformer(d / "Geneformer-V2-104M")  # with its own dictionaries, as the release keeps them
+    _folders.scgpt(d / "scGPT_human")  # args.json + vocab.json (PBMC symbols) + weights
     np.random.seed(0)
     return d
 
@@ -96,7 +97,8 @@ def _run_python(code: str, ns: dict, where: str) -> None:
 
 
 def _run_bash(code: str, cwd: Path, where: str) -> None:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # the checkout under test
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=300)
     if r.returncode != 0:

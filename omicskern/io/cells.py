@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -24,7 +25,8 @@ import numpy as np
 
 from omicskern.errors import InvalidCountsError, InvalidFileError, MissingColumnError
 
-__all__ = ["CellMatrix", "Chunk", "open_cells", "check_h5ad", "cell_label", "gene_label", "rethrow_counts_error"]
+__all__ = ["CellMatrix", "Chunk", "open_cells", "open_cells_csc", "h5ad_encoding", "check_h5ad", "cell_label", "gene_label",
+           "rethrow_counts_error"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,3 +396,78 @@ def rethrow_counts_error(e, m: CellMatrix, chunk: Chunk, rows: np.ndarray | None
     err = InvalidCountsError(f"{where}: {what}")
     err.row, err.column, err.value, err.kind = row, col, getattr(e, "value", None), getattr(e, "kind", None)
     raise err from None
+
+
+# ------------------------------------------------------------------------------------------------
+# CSC inputs: one bounded-memory pass to CSR row order
+
+def h5ad_encoding(path: str | os.PathLike, layer: str | None = None) -> str:
+    """``encoding-type`` of the h5ad's ``X`` (or ``layers/<layer>``): ``csr_matrix``,
+    ``csc_matrix`` or ``array`` (dense)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        node = f["X"] if layer is None else f["layers"][layer]
+        if isinstance(node, h5py.Dataset):
+            return "array"
+        enc = node.attrs.get("encoding-type", "")
+        return enc.decode() if isinstance(enc, bytes) else str(enc)
+
+
+def open_cells_csc(path: str | os.PathLike, folder: str | os.PathLike, *, layer: str | None = None,
+                   block_nnz: int = 1 << 24) -> CellMatrix:
+    """An ``.h5ad`` whose matrix is CSC (genes as the sparse rows), as a row-streamable
+    :class:`CellMatrix`: the matrix is rewritten once in CSR order into ``.npy`` files in
+    ``folder`` (memory-mapped; two passes over the stored values, ``block_nnz`` of them at a time,
+    so memory is bounded by the block and one counter per cell, not by the matrix). Within a row
+    the columns come out in increasing order, as CSR readers expect."""
+    import anndata
+    import h5py
+
+    path, folder = str(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "r") as f:
+        g = f["X"] if layer is None else f["layers"][layer]
+        n_obs, n_vars = (int(x) for x in g.attrs["shape"])
+        cptr = g["indptr"][:].astype(np.int64)
+        ds_rows, ds_data = g["indices"], g["data"]
+        nnz = int(cptr[-1])
+        counts = np.zeros(n_obs, np.int64)
+        for a in range(0, nnz, block_nnz):  # pass 1: values per cell
+            counts += np.bincount(np.asarray(ds_rows[a:a + block_nnz], np.int64), minlength=n_obs)[:n_obs]
+        indptr = np.zeros(n_obs + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        idx_dtype = np.int32 if n_vars < 2**31 else np.int64
+        out_ix = np.lib.format.open_memmap(folder / "indices.npy", mode="w+", dtype=idx_dtype, shape=(nnz,))
+        out_dt = np.lib.format.open_memmap(folder / "data.npy", mode="w+", dtype=ds_data.dtype, shape=(nnz,))
+        fill = indptr[:-1].copy()
+        # pass 2: whole columns per block, in column order, so each cell's entries land in column order
+        c = 0
+        while c < n_vars:
+            e = int(np.searchsorted(cptr, cptr[c] + block_nnz, side="right")) - 1
+            e = min(max(e, c + 1), n_vars)
+            lo, hi = int(cptr[c]), int(cptr[e])
+            rows = np.asarray(ds_rows[lo:hi], np.int64)
+            cols = np.repeat(np.arange(c, e, dtype=np.int64), np.diff(cptr[c:e + 1]))
+            vals = np.asarray(ds_data[lo:hi])
+            order = np.argsort(rows, kind="stable")  # stable: columns stay increasing within a cell
+            r = rows[order]
+            first = np.r_[0, np.flatnonzero(np.diff(r)) + 1]
+            rank = np.arange(len(r)) - np.repeat(first, np.diff(np.r_[first, len(r)]))
+            dest = fill[r] + rank
+            out_ix[dest] = cols[order]
+            out_dt[dest] = vals[order]
+            np.add.at(fill, r[first], np.diff(np.r_[first, len(r)]))
+            c = e
+        out_ix.flush()
+        out_dt.flush()
+        del out_ix, out_dt
+    ix = np.load(folder / "indices.npy", mmap_mode="r")
+    dt = np.load(folder / "data.npy", mmap_mode="r")
+
+    def read(s, e):
+        return indptr[s:e + 1], ix, dt, 0
+
+    ad = anndata.read_h5ad(path, backed="r")
+    return CellMatrix(n_obs, n_vars, _guarded(read, path), obs=ad.obs, var=ad.var, obs_names=ad.obs_names,
+                      var_names=ad.var_names, backed=True, closer=ad.file.close, description=path)

@@ -46,6 +46,8 @@ REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
                "HyenaDNA (LongSafari/hyenadna-*): causal Hyena long convolutions, char tokenizer"),
     ModelEntry("geneformer", "omicskern.models.geneformer", "Geneformer",
                "Geneformer V1 / V2 (ctheodoris/Geneformer): BERT on rank-value cell tokens"),
+    ModelEntry("scgpt", "omicskern.models.scgpt", "ScGPT",
+               "scGPT (bowang-lab/scGPT): args.json + vocab.json + best_model.pt, binned-value cell tokens"),
 )}
 
 
@@ -64,8 +66,10 @@ def detect(path: str | Path) -> ModelEntry:
     cfg_file = folder / "config.json"
     files = sorted(p.name for p in folder.iterdir())
     shown = ", ".join(files[:20]) + (f", ... ({len(files) - 20} more)" if len(files) > 20 else "")
+    if not cfg_file.is_file() and (folder / "args.json").is_file():
+        cfg_file = folder / "args.json"  # scGPT's released folders: args.json + vocab.json + best_model.pt
     if not cfg_file.is_file():
-        raise CheckpointError(f"{folder}: no config.json, so the model type is unknown (found: {shown or 'nothing'}). "
+        raise CheckpointError(f"{folder}: no config.json (nor scGPT's args.json), so the model type is unknown (found: {shown or 'nothing'}). "
                               f"Supported: {_supported()}")
     try:
         config = json.loads(cfg_file.read_text())

@@ -18,6 +18,8 @@ _LAZY = {
     "EmbedGenomeResult": "omicskern.pipelines.genome",
     "score_variants": "omicskern.pipelines.variants",
     "TokenizeResult": "omicskern.pipelines.tokenize",
+    "embed_cells": "omicskern.pipelines.cells",
+    "EmbedCellsResult": "omicskern.pipelines.cells",
     "JobKey": "omicskern.pipelines.jobs",
     "JobMismatchError": "omicskern.errors",
     "Manifest": "omicskern.pipelines.jobs",

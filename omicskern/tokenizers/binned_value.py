@@ -25,6 +25,10 @@ from omicskern.io.gene_dict import load_scgpt_vocab
 from omicskern.tokenizers.cells_base import CellTokenizer, TokenizeReport
 
 
+#: ``truncate=`` choices (see :class:`BinnedValueTokenizer`)
+TRUNCATE_MODES = ("sample", "top", "scgpt", "randperm")
+
+
 class BinnedValueTokenizer(CellTokenizer):
     """scGPT binned-value tokenizer (``binning`` + ``tokenize_and_pad_batch`` semantics).
 
@@ -43,7 +47,11 @@ class BinnedValueTokenizer(CellTokenizer):
             ``"top"`` (most expressed genes, column order) or ``"scgpt"``: scGPT's ``pad_batch``
             replayed exactly - ``np.random.choice(n - 1, max_length - 1, replace=False)`` per cell
             longer than ``max_length``, from ``RandomState(seed)``, in numpy's permutation order (a
-            Python loop over the long cells only; for reproducing a scGPT run).
+            Python loop over the long cells only; for reproducing a scGPT run); ``"randperm"``:
+            scGPT's ``DataCollator._sample`` (the embedding path, ``embed_data``) replayed -
+            ``torch.randperm(n - 1)[:max_length - 1]`` per long cell from a torch generator seeded
+            with ``seed`` (= after ``torch.manual_seed(seed)`` in one process), ``<cls>`` kept first,
+            the genes in the permutation's order. Binning always comes first, over all the genes.
         cls_token / pad_token / pad_value: scGPT's ``"<cls>"``, ``"<pad>"``, -2.
         append_cls: prepend ``<cls>`` (value ``cls_value``).
         filter_column, obs_columns, integer_check, skip_empty, chunk_size, num_threads: as
@@ -75,8 +83,8 @@ class BinnedValueTokenizer(CellTokenizer):
             raise ValueError(f"n_bins must be >= 3, got {n_bins}")
         if tie_break not in ("deterministic", "random"):
             raise ValueError(f"tie_break must be 'deterministic' or 'random', got {tie_break!r}")
-        if truncate not in ("sample", "top", "scgpt"):
-            raise ValueError(f"truncate must be 'sample', 'top' or 'scgpt', got {truncate!r}")
+        if truncate not in TRUNCATE_MODES:
+            raise ValueError(f"truncate must be one of {', '.join(map(repr, TRUNCATE_MODES))}, got {truncate!r}")
         super().__init__(gene_column=gene_column, filter_column=filter_column, obs_columns=obs_columns,
                          integer_check=integer_check, skip_empty=skip_empty, chunk_size=chunk_size,
                          num_threads=num_threads)
@@ -142,7 +150,13 @@ class BinnedValueTokenizer(CellTokenizer):
     def _begin(self, m: CellMatrix, col_token: np.ndarray, rep: TokenizeReport) -> dict:
         # the random streams continue across chunks, so results do not depend on chunk_size
         rs = np.random.RandomState(self.seed) if self.tie_break == "random" else None
-        rs_pad = np.random.RandomState(self.seed) if self.truncate == "scgpt" and self.max_length else None
+        rs_pad = None
+        if self.max_length and self.truncate == "scgpt":
+            rs_pad = np.random.RandomState(self.seed)
+        elif self.max_length and self.truncate == "randperm":
+            import torch
+
+            rs_pad = torch.Generator().manual_seed(self.seed)
         return {"col_token": col_token, "rs": rs, "rs_pad": rs_pad}
 
     def _encode_chunk(self, C, m: CellMatrix, ch: Chunk, rows, sel_rows, state: dict) -> dict:
@@ -155,7 +169,7 @@ class BinnedValueTokenizer(CellTokenizer):
         r = C.cells_bin_values(ch.indptr, ch.indices, ch.data, m.n_vars, col_token, self.quantiles,
                                rands=rands, rows=rows, base=ch.base,
                                max_len=0 if rs_pad is not None else (self.max_length or 0),
-                               truncate="sample" if self.truncate == "scgpt" else self.truncate,
+                               truncate="sample" if self.truncate in ("scgpt", "randperm") else self.truncate,
                                seed=self.seed, global_rows=ch.start + sel_rows, cls_id=self.cls_token_id,
                                cls_value=self.cls_value, skip_empty=self.skip_empty,
                                num_threads=self.num_threads)
@@ -163,8 +177,10 @@ class BinnedValueTokenizer(CellTokenizer):
             r = self._pad_batch_sample(r, rs_pad)
         return r
 
-    def _pad_batch_sample(self, r: dict, rs: np.random.RandomState) -> dict:
-        """scGPT pad_batch's sampling of the cells longer than max_length, in cell order."""
+    def _pad_batch_sample(self, r: dict, rs) -> dict:
+        """scGPT's sampling of the cells longer than max_length, in cell order: pad_batch's
+        ``np.random.choice`` (``rs`` a RandomState) or DataCollator's ``torch.randperm`` (``rs`` a
+        torch Generator)."""
         ids, vals, offs = r["ids"], r["values"], r["offsets"]
         lengths = np.diff(offs)
         long = np.flatnonzero(lengths > self.max_length)
@@ -175,11 +191,14 @@ class BinnedValueTokenizer(CellTokenizer):
         for i in long:
             a, n = int(offs[i]), int(lengths[i])
             pieces.append(np.arange(cursor, a))
-            if cls:
-                idx = rs.choice(n - 1, self.max_length - 1, replace=False) + 1
-                idx = np.insert(idx, 0, 0)
+            k = self.max_length - 1 if cls else self.max_length
+            if isinstance(rs, np.random.RandomState):
+                idx = rs.choice(n - cls, k, replace=False)
             else:
-                idx = rs.choice(n, self.max_length, replace=False)
+                import torch
+
+                idx = torch.randperm(n - cls, generator=rs)[:k].numpy()
+            idx = np.insert(idx + 1, 0, 0) if cls else idx
             pieces.append(a + idx)
             cursor = int(offs[i + 1])
         pieces.append(np.arange(cursor, len(ids)))

@@ -96,8 +96,48 @@ def geneformer(folder: Path) -> Path:
     return folder
 
 
+def scgpt(folder: Path) -> Path:
+    """scGPT's released layout: args.json (the released key set, tiny sizes), vocab.json (genes
+    first, then <pad>/<cls>/<eoc> as GeneVocab.append_token puts them) and the weights under the
+    released FlashMHA names (model.safetensors here; best_model.pt is tested on the shared fixture).
+    The genes are the symbols seen in most cells of the real PBMC file."""
+    import anndata as ad
+
+    from omicskern.models.scgpt import ScGPT, ScGPTConfig
+
+    adata = ad.read_h5ad(DATA / "sc" / "pbmc_10x_v3_small.h5ad", backed="r")
+    X = adata.to_memory().X
+    seen = np.asarray((X > 0).sum(0)).ravel()
+    symbols = adata.var["gene_symbol"].astype(str).to_numpy()[np.argsort(-seen, kind="stable")]
+    genes = list(dict.fromkeys(symbols))[:60]
+    vocab = {g: i for i, g in enumerate(genes)}
+    vocab.update({t: len(genes) + i for i, t in enumerate(("<pad>", "<cls>", "<eoc>"))})
+    args = json.loads((DATA / "fixtures" / "scgpt_tiny" / "args.json").read_text())
+    args.update(embsize=32, nheads=4, d_hid=48, nlayers=2, n_layers_cls=3)
+    torch.manual_seed(5)
+    m = ScGPT(ScGPTConfig.from_dict({**args, "vocab_size": len(vocab)}))
+    _save(m, folder, {})
+    (folder / "config.json").unlink()  # released scGPT folders have args.json, no config.json
+    (folder / "args.json").write_text(json.dumps(args, indent=1))
+    (folder / "vocab.json").write_text(json.dumps(vocab, indent=1))
+    return folder
+
+
 BUILDERS = {"dnabert2": dnabert2, "nucleotide_transformer": nucleotide_transformer, "hyenadna": hyenadna,
-            "geneformer": geneformer}
+            "geneformer": geneformer, "scgpt": scgpt}
+
+#: tokenizer options the real-data batches need (PBMC's var_names are Ensembl IDs; scGPT's keys are symbols)
+TOKENIZER_OPTIONS = {"scgpt": {"gene_column": "gene_symbol"}}
+
+
+def config_file(folder: Path) -> Path:
+    """The file a folder's model type is read from: config.json, or scGPT's args.json."""
+    return folder / "config.json" if (folder / "config.json").is_file() else folder / "args.json"
+
+
+def values_like(model, n: int):
+    """Per-token values a model needs beside its ids (scGPT's bins), else None."""
+    return np.full(n, 3, np.int32) if model.model_type == "scgpt" else None
 
 
 def lambda_windows(lengths=(301, 97, 188)) -> list[str]:
@@ -117,7 +157,7 @@ def lambda_windows(lengths=(301, 97, 188)) -> list[str]:
 
 def real_batch(model, n_cells: int = 24):
     """The model's own tokenizer on real data: lambda windows, or PBMC cells."""
-    tok = model.get_tokenizer()
+    tok = model.get_tokenizer(**TOKENIZER_OPTIONS.get(model.model_type, {}))
     if model.kind == "cell":
         import anndata as ad
 
