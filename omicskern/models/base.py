@@ -171,6 +171,10 @@ class OmicsModel(nn.Module):
     #: where the positions extrapolate (ALiBi, rotary) and ``max_length`` is the trained length
     max_length_is_hard: ClassVar[bool] = True
 
+    #: True where a batch runs padded to its longest row internally (causal convolutions), so
+    #: token budgets (``Batch.plan(padded=True)``) count rows x longest row
+    pads_rows: ClassVar[bool] = False
+
     #: the checkpoint folder the model came from (``None`` after ``from_state_dict``)
     source_path: Path | None = None
 

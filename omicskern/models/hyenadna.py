@@ -197,6 +197,8 @@ class HyenaDNA(OmicsModel):
 
     model_type = "hyenadna"
     kind = "causal_lm"
+    #: a batch runs padded to its longest row (see _encode): token budgets count rows x longest
+    pads_rows = True
     config_class = HyenaDNAConfig
     ops = ("fft_conv", "conv1d")
     weight_files = WEIGHT_FILES + ("weights.ckpt",)
