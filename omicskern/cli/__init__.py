@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # subcommand module names under omicskern.cli, in help order
-_SUBCOMMANDS = ("tokenize", "tokenize_cells", "embed_genome")
+_SUBCOMMANDS = ("tokenize", "tokenize_cells", "embed_genome", "perturb_cells")
 
 
 def build_parser() -> argparse.ArgumentParser:

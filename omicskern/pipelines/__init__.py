@@ -1,4 +1,5 @@
-"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome).
+"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome,
+perturb cells in silico).
 
 A pipeline owns the job mechanics: work units split by rank (:mod:`~omicskern.pipelines.units`),
 job keys on the input's content, manifests, atomic shard writes and resume
@@ -16,6 +17,8 @@ _LAZY = {
     "tokenize_cells": "omicskern.pipelines.tokenize",
     "embed_genome": "omicskern.pipelines.genome",
     "EmbedGenomeResult": "omicskern.pipelines.genome",
+    "perturb_cells": "omicskern.pipelines.perturb",
+    "PerturbResult": "omicskern.pipelines.perturb",
     "TokenizeResult": "omicskern.pipelines.tokenize",
     "JobKey": "omicskern.pipelines.jobs",
     "JobMismatchError": "omicskern.errors",
