@@ -566,8 +566,8 @@ def perturb_cells(input_h5ad, model, *, genes: Sequence[str] | str | None = None
                 ob = cb.select(full_cells)
                 parts.insert(0, Batch(np.asarray(ob.input_ids), np.asarray(ob.cu_seqlens)))
             batch = Batch.concat(parts)
-        emb = embed_rows(model, batch, pooling=pooling, layer=layer, max_tokens=batch_tokens, per_token=gene_shifts,
-                         clock=clock)
+        emb = _embed(model, batch, pooling=pooling, layer=layer, max_tokens=batch_tokens, per_token=gene_shifts,
+                     clock=clock)
         n_fwd_rows += len(batch)
         n_fwd_tokens += batch.num_tokens
         with clock("score"):
@@ -687,6 +687,43 @@ def _shifts(k, kc, p_kind, p_trunc, p_gene, pert_cu, pert_src, tok_p, orig_cache
     affected = inv[ids[cu[:-1][cell[idx]] + src[idx]]]
     shift_parts.append(pd.DataFrame({"cell": obs_names[rows_sel][cell[idx]], "gene": p_gene[k][r[idx]].astype(str),
                                      "affected_gene": affected.astype(str), "cosine": cs}))
+
+
+def _embed(model, batch, *, pooling, layer, max_tokens, per_token, clock):
+    """:func:`embed_rows` of every row, in row order. On CPU, in groups of rows of one length: the
+    CPU attention backend (torch sdpa) runs rows of one length as a plain ``[B, L]`` batch (its
+    flash kernel, no mask) but mixed lengths through a padded ``[B, H, L, L]`` bias (the math
+    kernel), which costs several times more for cells of hundreds of genes. The perturbations of
+    one cell have one length (n - 1 for delete, n for overexpress), so the groups stay large. On
+    CUDA the varlen kernels take mixed lengths as they are."""
+    from omicskern.batch import Batch
+
+    if model.device.type != "cpu":
+        return embed_rows(model, batch, pooling=pooling, layer=layer, max_tokens=max_tokens, per_token=per_token,
+                          clock=clock)
+    cu = np.asarray(batch.cu_seqlens)
+    lengths = np.diff(cu)
+    order = np.argsort(-lengths, kind="stable")
+    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
+    pooled = tokens = None
+    for rows in np.split(order, cuts):
+        if not rows.size:
+            continue
+        sub = batch.select(rows)
+        e = embed_rows(model, Batch(np.asarray(sub.input_ids), np.asarray(sub.cu_seqlens)), pooling=pooling,
+                       layer=layer, max_tokens=max_tokens, per_token=per_token, clock=clock)
+        if pooled is None:
+            pooled = np.empty((len(batch), e.pooled.shape[1]), np.float32)
+            if per_token:
+                tokens = np.empty((int(cu[-1]), e.tokens.shape[1]), np.float32)
+        pooled[rows] = e.pooled
+        if per_token:
+            ln = int(lengths[rows[0]])
+            dst = (cu[:-1][rows][:, None] + np.arange(ln)[None, :]).ravel()
+            tokens[dst] = e.tokens
+    from omicskern.pipelines.engine import RowEmbeddings
+
+    return RowEmbeddings(pooled, tokens)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
