@@ -49,14 +49,14 @@ import numpy as np
 
 # (file, mode of selection, quick size, full size)
 CASES = [
-    dict(name="mouse 10k: 5 genes, delete", file="sc/mouse_10x_10k_subset.h5ad", genes=5, mode="delete",
-         quick_cells=60, cells=1000),
-    dict(name="wu2020: 3 genes, overexpress", file="sc/wu2020_200.h5ad", genes=3, mode="overexpress",
-         quick_cells=6, cells=100),
+    dict(name="mouse 10k: 3 genes, delete", file="sc/mouse_10x_10k_subset.h5ad", genes=3, mode="delete",
+         quick_cells=20, cells=1000),
+    dict(name="wu2020: 2 genes, overexpress", file="sc/wu2020_200.h5ad", genes=2, mode="overexpress",
+         quick_cells=3, cells=100),
     dict(name="mouse 10k: all expressed, delete", file="sc/mouse_10x_10k_subset.h5ad", genes=None, mode="delete",
-         quick_cells=6, cells=50),
+         quick_cells=3, cells=50),
     dict(name="pbmc: all expressed, overexpress", file="sc/pbmc_10x_v3_small.h5ad", genes=None, mode="overexpress",
-         quick_cells=20, cells=200),
+         quick_cells=8, cells=200),
     dict(name="wu2020: all expressed, delete", file="sc/wu2020_200.h5ad", genes=None, mode="delete",
          quick_cells=1, cells=3),
 ]
