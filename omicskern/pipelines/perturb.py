@@ -67,6 +67,8 @@ _DEL, _MOVE, _INS = 0, 1, 2
 _SYMBOL_COLUMNS = ("gene_symbol", "symbol", "gene_symbols", "gene_name", "feature_name")
 _TABLE_SUFFIXES = {".tsv": "tsv", ".txt": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 _META_KEY = b"omicskern.perturb"
+#: on CPU, a length shared by at least this many rows is embedded as its own groups (see _embed)
+_MIN_SAME_LENGTH_ROWS = 8
 
 
 @dataclass
@@ -690,12 +692,14 @@ def _shifts(k, kc, p_kind, p_trunc, p_gene, pert_cu, pert_src, tok_p, orig_cache
 
 
 def _embed(model, batch, *, pooling, layer, max_tokens, per_token, clock):
-    """:func:`embed_rows` of every row, in row order. On CPU, in groups of rows of one length: the
-    CPU attention backend (torch sdpa) runs rows of one length as a plain ``[B, L]`` batch (its
-    flash kernel, no mask) but mixed lengths through a padded ``[B, H, L, L]`` bias (the math
-    kernel), which costs several times more for cells of hundreds of genes. The perturbations of
-    one cell have one length (n - 1 for delete, n for overexpress), so the groups stay large. On
-    CUDA the varlen kernels take mixed lengths as they are."""
+    """:func:`embed_rows` of every row, in row order. On CPU, rows of a length shared by at least
+    :data:`_MIN_SAME_LENGTH_ROWS` rows are embedded apart from the others: the CPU attention
+    backend (torch sdpa) runs rows of one length as a plain ``[B, L]`` batch (its flash kernel, no
+    mask) but mixed lengths through a padded ``[B, H, L, L]`` bias (the math kernel), which costs
+    several times more for cells of hundreds of genes. The perturbations of one cell have one
+    length (n - 1 for delete, n for overexpress), so with ``all_expressed`` nearly every row is in
+    such a group; the rest (originals, a gene list over cells of different sizes) go together.
+    On CUDA the varlen kernels take mixed lengths as they are."""
     from omicskern.batch import Batch
 
     if model.device.type != "cpu":
@@ -704,11 +708,18 @@ def _embed(model, batch, *, pooling, layer, max_tokens, per_token, clock):
     cu = np.asarray(batch.cu_seqlens)
     lengths = np.diff(cu)
     order = np.argsort(-lengths, kind="stable")
-    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
+    buckets = [b for b in np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1) if b.size]
+    # a length shared by few rows (the originals, a gene list over cells of different sizes)
+    # would make a forward pass of its own: those rows go together, mixed, as embed_rows groups them
+    mixed = [b for b in buckets if b.size < _MIN_SAME_LENGTH_ROWS]
+    groups = [b for b in buckets if b.size >= _MIN_SAME_LENGTH_ROWS]
+    if mixed:
+        groups.append(np.sort(np.concatenate(mixed)))
+    if len(groups) == 1:
+        return embed_rows(model, batch, pooling=pooling, layer=layer, max_tokens=max_tokens, per_token=per_token,
+                          clock=clock)
     pooled = tokens = None
-    for rows in np.split(order, cuts):
-        if not rows.size:
-            continue
+    for rows in groups:
         sub = batch.select(rows)
         e = embed_rows(model, Batch(np.asarray(sub.input_ids), np.asarray(sub.cu_seqlens)), pooling=pooling,
                        layer=layer, max_tokens=max_tokens, per_token=per_token, clock=clock)
@@ -718,9 +729,9 @@ def _embed(model, batch, *, pooling, layer, max_tokens, per_token, clock):
                 tokens = np.empty((int(cu[-1]), e.tokens.shape[1]), np.float32)
         pooled[rows] = e.pooled
         if per_token:
-            ln = int(lengths[rows[0]])
-            dst = (cu[:-1][rows][:, None] + np.arange(ln)[None, :]).ravel()
-            tokens[dst] = e.tokens
+            ln = lengths[rows]
+            start = np.repeat(cu[:-1][rows] - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln)
+            tokens[start + np.arange(int(ln.sum()))] = e.tokens
     from omicskern.pipelines.engine import RowEmbeddings
 
     return RowEmbeddings(pooled, tokens)
