@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import RESULTS, SHARED, device_name, load_note, slug  # first: puts this checkout on sys.path
+from _common import RESULTS, SHARED, device_name, load_note  # first: puts this checkout on sys.path
 
 import numpy as np
 
