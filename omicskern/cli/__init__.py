@@ -13,7 +13,8 @@ import importlib
 import sys
 
 # subcommand module names under omicskern.cli, in help order
-_SUBCOMMANDS = ("tokenize", "tokenize_cells", "embed_genome", "embed_cells", "score_variants", "bench")
+_SUBCOMMANDS = ("tokenize", "tokenize_cells", "embed_genome", "embed_cells", "score_variants", "perturb_cells",
+                "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

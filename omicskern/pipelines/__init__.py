@@ -1,4 +1,5 @@
-"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome, score variants).
+"""Pipelines: whole jobs over files (tokenize a genome, tokenize cells, embed a genome, embed cells,
+score variants, perturb cells in silico).
 
 A pipeline owns the job mechanics: work units split by rank (:mod:`~omicskern.pipelines.units`),
 job keys on the input's content, manifests, atomic shard writes and resume
@@ -17,6 +18,8 @@ _LAZY = {
     "embed_genome": "omicskern.pipelines.genome",
     "EmbedGenomeResult": "omicskern.pipelines.genome",
     "score_variants": "omicskern.pipelines.variants",
+    "perturb_cells": "omicskern.pipelines.perturb",
+    "PerturbResult": "omicskern.pipelines.perturb",
     "TokenizeResult": "omicskern.pipelines.tokenize",
     "embed_cells": "omicskern.pipelines.cells",
     "EmbedCellsResult": "omicskern.pipelines.cells",
