@@ -191,6 +191,12 @@ def _write(rows, dev, args, n_snv, n_indel, load) -> None:
     base = RESULTS / f"variants_{slug(dev.split(' (')[0])}{'_quick' if args.quick else ''}"
     with open(base.with_suffix(".jsonl"), "a") as f:
         f.write(json.dumps(rows[-1]) + "\n")
+    # the table shows the latest row of every case in the file (a run of some cases keeps the others)
+    latest = {}
+    for line in base.with_suffix(".jsonl").read_text().splitlines():
+        r = json.loads(line)
+        latest[r["case"]] = r
+    rows = list(latest.values())
     lines = [f"# score-variants vs the naive per-variant loop ({dev})", "",
              f"`python benchmarks/bench_variants.py{' --quick' if args.quick else ''}` — same weights, one process, "
              f"alternated, best of {args.reps}; {n_snv} SNVs + {n_indel} indels at random positions of the first "
