@@ -46,6 +46,8 @@ REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
                "HyenaDNA (LongSafari/hyenadna-*): causal Hyena long convolutions, char tokenizer"),
     ModelEntry("geneformer", "omicskern.models.geneformer", "Geneformer",
                "Geneformer V1 / V2 (ctheodoris/Geneformer): BERT on rank-value cell tokens"),
+    ModelEntry("caduceus", "omicskern.models.caduceus", "Caduceus",
+               "Caduceus-Ph / -PS (kuleshov-group/caduceus-*): BiMamba, RC-equivariant (PS), char tokenizer"),
 )}
 
 
