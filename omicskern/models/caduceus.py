@@ -254,9 +254,9 @@ class Caduceus(OmicsModel):
     :class:`~omicskern.batch.Batch`: each row runs at its own length, never padded (rows of
     equal length share one batched run), so a row's outputs are the ones it gets alone. States
     are ``[T, d_model]`` (Ph) or ``[T, 2 d_model]`` (PS, forward strand first). ``embed(...,
-    rc="average")`` averages a row's states with those of its reverse complement, mapped back to
-    the forward orientation: RC-invariant embeddings for Ph (for PS it equals the plain states'
-    strand average, which PS gives by construction). Ops: ``selective_scan``, ``conv1d``,
+    rc="average")`` gives RC-invariant embeddings ``[T, d_model]``: each base's forward- and
+    reverse-strand states averaged (Ph runs the reverse complement too; PS has both strands by
+    construction). Ops: ``selective_scan``, ``conv1d``,
     ``rmsnorm`` (``set_backend(selective_scan="reference")``, ...).
     """
 
@@ -264,7 +264,9 @@ class Caduceus(OmicsModel):
     kind = "masked_lm"
     config_class = CaduceusConfig
     ops = ("selective_scan", "conv1d", "rmsnorm")
-    max_length_is_hard = False  # no positions: longer rows run (131k is the trained context)
+    # rows longer than the trained context (config max_length, 131072 by default) raise; the
+    # scan itself has no length limit: set config.max_length to run longer rows
+    max_length_is_hard = True
 
     def __init__(self, config: CaduceusConfig):
         super().__init__()
@@ -321,7 +323,8 @@ class Caduceus(OmicsModel):
     # -- interface -------------------------------------------------------------------------------
     @property
     def max_length(self) -> int:
-        """The trained context (131072 for the released checkpoints); longer rows run."""
+        """The trained context (131072 for the released checkpoints; ``max_length`` in config.json
+        overrides it)."""
         return self.config.max_length
 
     def _tokenizer(self, folder, **kwargs):
@@ -411,34 +414,41 @@ class Caduceus(OmicsModel):
     @torch.no_grad()
     def embed(self, batch, pooling: str = "mean", layer: int | None = None, attention_mask=None, *,
               rc: str | None = None):
-        """As :meth:`OmicsModel.embed`; ``rc="average"`` averages every token state with the state
-        of the same base in the reverse-complement row, mapped back to the forward orientation
-        (``flip`` along L, and for PS along the channels too), so the result is the same for a
-        sequence and its reverse complement: RC-invariant token states and pooled vectors."""
+        """As :meth:`OmicsModel.embed`; ``rc="average"`` gives RC-invariant embeddings: every base's
+        state is the average of the forward strand's and the reverse-complement strand's states
+        *at that base*, so a sequence and its reverse complement get the same pooled vectors (and
+        the same token states, in reversed order).
+
+        * Ph: the model also runs on each row's reverse complement; token ``l`` is
+          ``(H(x)[l] + H(rc(x))[L-1-l]) / 2``, ``[T, d_model]``.
+        * PS: the RC strand is already inside the states (``h[l, d:].flip(-1)`` is its state at
+          base l), so no second run: ``(h[:, :d] + h[:, d:].flip(-1)) / 2``, ``[T, d_model]``.
+        """
         if rc not in (None, "average"):
             raise ValueError(f"rc must be None or 'average', got {rc!r}")
         e = super().embed(batch, pooling, layer, attention_mask)
         if rc is None:
             return e
-        b = self._to_batch(batch, attention_mask)
-        ids, cu, _ = self._prepare(b)
-        rc_ids = ids.clone()
-        cu64 = cu.long()
-        comp = torch.tensor(self.config.complement_list(), device=ids.device)
-        for i in range(cu.numel() - 1):
-            s, t = int(cu64[i]), int(cu64[i + 1])
-            rc_ids[s:t] = comp[ids[s:t].flip(0)]
-        from omicskern.batch import Batch
+        d = self.config.d_model
+        if self.config.rcps:
+            tokens = (e.tokens[:, :d] + e.tokens[:, d:].flip(-1)) / 2
+        else:
+            ids, cu, _ = self._prepare(self._to_batch(batch, attention_mask))
+            cu64 = cu.long()
+            comp = torch.tensor(self.config.complement_list(), device=ids.device)
+            rc_ids = ids.clone()
+            for i in range(cu.numel() - 1):
+                s, t = int(cu64[i]), int(cu64[i + 1])
+                rc_ids[s:t] = comp[ids[s:t].flip(0)]
+            from omicskern.batch import Batch
 
-        e_rc = super().embed(Batch(rc_ids.cpu().numpy().astype("int32"), cu.cpu().numpy()), pooling, layer)
-        back = torch.empty_like(e_rc.tokens)
-        for i in range(cu.numel() - 1):
-            s, t = int(cu64[i]), int(cu64[i + 1])
-            x = e_rc.tokens[s:t].flip(0)
-            back[s:t] = x.flip(-1) if self.config.rcps else x
-        tokens = (e.tokens + back) / 2
-        pooled = pool_rows(tokens, cu, pooling) if pooling in ("mean", "max", "cls", "last") else None
-        return type(e)(tokens, pooled, e.cu_seqlens, pooling, e.layer)
+            e_rc = super().embed(Batch(rc_ids, cu), pooling, layer)
+            back = torch.empty_like(e_rc.tokens)
+            for i in range(cu.numel() - 1):
+                s, t = int(cu64[i]), int(cu64[i + 1])
+                back[s:t] = e_rc.tokens[s:t].flip(0)
+            tokens = (e.tokens + back) / 2
+        return type(e)(tokens, pool_rows(tokens, e.cu_seqlens, pooling), e.cu_seqlens, pooling, e.layer)
 
 
 __all__ = ["Caduceus", "CaduceusConfig"]

@@ -13,7 +13,10 @@ Per block (``a_t = exp(delta_t A) in (0, 1]`` since A < 0, ``b_t = delta_t B_t u
    loop over the T positions of a chunk (T ~ sqrt(block)), the same multiply-adds as the
    sequential definition, grouped differently;
 2. ``P_t = prod_{s<=t} a_s`` within each chunk (``cumprod``; products of numbers in (0, 1] only
-   shrink: no overflow, and an underflow to 0 is the true value rounded);
+   shrink: no overflow, and an underflow to 0 is the true value rounded). Decays and products
+   below ``exp(-80)`` (fp32; ``exp(-700)`` fp64) are set to 0 rather than left subnormal: they
+   scale a state by less than 1.8e-35, far below fp32 resolution, and subnormal operands slow
+   x86 multiplies ~100x;
 3. the carry: chunk m starts from ``S_m = P_{T-1}^{(m-1)} S_{m-1} + h_{T-1}^{(m-1)}`` (a loop over
    the M chunks on ``[B, D, N]`` states; the first chunk starts from the previous block's end);
 4. ``h_t += P_t S_m``, then ``y_t = <h_t, C_t>``.
@@ -37,6 +40,21 @@ import torch
 
 # elements of one [T, B, G, H, M, N] block tensor: ~16 MB in fp32; a block holds ~5 of them
 _BLOCK_ELEMS = 1 << 22
+# decays below exp(-80) (fp32; exp(-700) fp64) are set to 0: they are far below the dtype's
+# resolution of any state they multiply (e^-80 = 1.8e-35), and subnormal operands make x86
+# multiplies ~100x slower
+_LOG_TINY = {torch.float32: -80.0, torch.float64: -700.0}
+
+
+def _decays(dl, A):
+    """a = exp(delta A), flushed to 0 below exp(_LOG_TINY)."""
+    dA = dl[..., None] * A[None, None, :, :, None, :]
+    a = torch.exp(dA)
+    return a.masked_fill_(dA < _LOG_TINY[a.dtype], 0.0)
+
+
+def _flush(P):
+    return P.masked_fill_(P < math.exp(_LOG_TINY[P.dtype]), 0.0)
 
 
 def plan(batch: int, dim: int, nstate: int, L: int, block_elems: int = _BLOCK_ELEMS) -> tuple[int, int]:
@@ -70,11 +88,11 @@ def _block_forward(dl, ul, A, Bx, Cx, h0):
     Returns (h [T, B, G, H, Mb, N] all states, a the decays, S [B, G, H, Mb, N] chunk-start
     states, h_end [B, G, H, N])."""
     T = dl.shape[0]
-    a = torch.exp(dl[..., None] * A[None, None, :, :, None, :])
+    a = _decays(dl, A)
     h = (dl * ul)[..., None] * Bx
     for t in range(1, T):  # local scans of all chunks at once
         h[t].addcmul_(a[t], h[t - 1])
-    P = torch.cumprod(a, dim=0)
+    P = _flush(torch.cumprod(a, dim=0))
     Mb = dl.shape[-1]
     S = torch.empty_like(h[0])
     cur = h0
@@ -135,7 +153,7 @@ def scan_backward(dy, dlast, delta, u, A, Bm, Cm, var_b, var_c, T, M, starts):
             g[t].addcmul_(a[t + 1], g[t + 1])
         R = torch.ones_like(a)  # R_t = prod_{t < s <= T-1} a_s
         if T > 1:
-            R[:-1] = torch.flip(torch.cumprod(torch.flip(a[1:], [0]), dim=0), [0])
+            R[:-1] = _flush(torch.flip(torch.cumprod(torch.flip(a[1:], [0]), dim=0), [0]))
         Es = torch.empty_like(S)
         for m in range(Mb - 1, -1, -1):
             Es[..., m, :] = E
