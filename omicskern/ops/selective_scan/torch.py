@@ -7,29 +7,29 @@ at a time so memory stays ``O(B D N T M)`` whatever L is. Inside a block every t
 ``[T, B, G, H, M, N]``: the position inside the chunk outermost, so that a time step of all M
 chunks is one contiguous slice.
 
-Per block (``a_t = exp(delta_t A) in (0, 1]`` since A < 0, ``b_t = delta_t B_t u_t``):
+Per block (``a_t = exp(delta_t A) in (0, 1]`` since A < 0, ``x_t = delta_t B_t u_t``):
 
-1. local scan, vectorised over the M chunks: ``h_t = a_t h_{t-1} + b_t`` from a zero start, a
-   loop over the T positions of a chunk (T ~ sqrt(block)), the same multiply-adds as the
-   sequential definition, grouped differently;
-2. ``P_t = prod_{s<=t} a_s`` within each chunk (``cumprod``; products of numbers in (0, 1] only
-   shrink: no overflow, and an underflow to 0 is the true value rounded). Decays and products
-   below ``exp(-80)`` (fp32; ``exp(-700)`` fp64) are set to 0 rather than left subnormal: they
-   scale a state by less than 1.8e-35, far below fp32 resolution, and subnormal operands slow
-   x86 multiplies ~100x;
-3. the carry: chunk m starts from ``S_m = P_{T-1}^{(m-1)} S_{m-1} + h_{T-1}^{(m-1)}`` (a loop over
-   the M chunks on ``[B, D, N]`` states; the first chunk starts from the previous block's end);
-4. ``h_t += P_t S_m``, then ``y_t = <h_t, C_t>``.
+1. chunk-end states from a zero start, ``l_t = a_t l_{t-1} + x_t``, a loop over the T positions
+   of a chunk in which each step is one vector op over all M chunks (rolled: not stored);
+2. each chunk's total decay ``P = prod_t a_t`` (products of numbers in (0, 1] only shrink: no
+   overflow, and an underflow to 0 is the true value rounded);
+3. the carry: chunk m starts from ``S_m = P^(m-1) S_{m-1} + l_end^(m-1)`` (a loop over the M
+   chunks on ``[B, D, N]`` states; the first chunk starts from the previous block's end);
+4. the plain recurrence ``h_t = a_t h_{t-1} + x_t`` from each chunk's ``S_m``, again one vector op
+   per position over all chunks, with ``y_t = <h_t, C_t>`` formed on the fly.
 
-Every state is a sum of the same non-negative-decay terms as the sequential recurrence, so the
-rounding is that of the sequential scan (relative ~ (T + M) eps, in fp32 for fp16/bf16/fp32
-inputs, fp64 for fp64). No ``exp(-cumsum)`` factorisation is used: it overflows once
-``sum delta A < -88`` within a chunk (fp32), which real Mamba layers reach.
+Step 4 is the sequential definition itself; only the chunk starts come through steps 1-3, a
+re-grouping of the same non-negatively weighted sums, so the rounding is that of the sequential
+scan (fp32 for fp16/bf16/fp32 inputs, fp64 for fp64). No ``exp(-cumsum)`` factorisation is used:
+it overflows once ``sum delta A < -88`` within a chunk (fp32), which real Mamba layers reach.
+``delta A`` is clamped at -80 (fp32; -700 fp64) before the exp and chunk decays below ``e^-80``
+are set to 0, so no subnormal number appears (they slow x86 multiplies ~100x); a decay of
+``e^-80`` scales a state by 1.8e-35, far below fp32 resolution.
 
 Backward (:class:`SelectiveScanFn`) stores only the block-start states; it recomputes each
 block's states from them and runs the adjoint recurrence ``g_t = C_t dy_t + a_{t+1} g_{t+1}``
 with the same chunked scheme, backwards, blocks in reverse order. The D skip, z gate, delta bias
-and softplus are plain differentiable torch ops around it (in :mod:`.interface`).
+and softplus are plain differentiable torch ops around it (:func:`selective_scan_torch`).
 """
 
 from __future__ import annotations
@@ -40,17 +40,10 @@ import torch
 
 # elements of one [T, B, G, H, M, N] block tensor: ~16 MB in fp32; a block holds ~5 of them
 _BLOCK_ELEMS = 1 << 22
-# decays below exp(-80) (fp32; exp(-700) fp64) are set to 0: they are far below the dtype's
-# resolution of any state they multiply (e^-80 = 1.8e-35), and subnormal operands make x86
-# multiplies ~100x slower
+# delta A is clamped here before the exp (and chunk decays below exp() of it set to 0): far below
+# the dtype's resolution of any state they multiply (e^-80 = 1.8e-35), and never subnormal
+# (subnormal operands make x86 multiplies ~100x slower)
 _LOG_TINY = {torch.float32: -80.0, torch.float64: -700.0}
-
-
-def _decays(dl, A):
-    """a = exp(delta A), flushed to 0 below exp(_LOG_TINY)."""
-    dA = dl[..., None] * A[None, None, :, :, None, :]
-    a = torch.exp(dA)
-    return a.masked_fill_(dA < _LOG_TINY[a.dtype], 0.0)
 
 
 def _flush(P):
@@ -82,29 +75,51 @@ def _bc_block(X: torch.Tensor, var: bool, T: int, m0: int, Mb: int) -> torch.Ten
     return s.reshape(Bb, G, Mb, T, N).permute(3, 0, 1, 2, 4).contiguous()[:, :, :, None]  # [T, B, G, 1, Mb, N]
 
 
-def _block_forward(dl, ul, A, Bx, Cx, h0):
-    """One block, no autograd. dl, ul: [T, B, G, H, Mb]; A: [G, H, N]; h0: [B, G, H, N].
+def _block_inputs(dl, ul, A, Bx):
+    """Decays a = exp(delta A) and inputs x = delta B u of one block, [T, B, G, H, Mb, N]."""
+    dA = dl[..., None] * A[None, None, :, :, None, :]
+    a = dA.clamp_min_(_LOG_TINY[dA.dtype]).exp_()  # in (0, 1]; see _LOG_TINY
+    return a, (dl * ul)[..., None] * Bx
 
-    Returns (h [T, B, G, H, Mb, N] all states, a the decays, S [B, G, H, Mb, N] chunk-start
-    states, h_end [B, G, H, N])."""
-    T = dl.shape[0]
-    a = _decays(dl, A)
-    h = (dl * ul)[..., None] * Bx
-    for t in range(1, T):  # local scans of all chunks at once
-        h[t].addcmul_(a[t], h[t - 1])
-    P = _flush(torch.cumprod(a, dim=0))
-    Mb = dl.shape[-1]
-    S = torch.empty_like(h[0])
+
+def _chunk_starts(a, x, h0):
+    """States at the start of each chunk of the block ([B, G, H, Mb, N]) and at its end."""
+    T = a.shape[0]
+    loc = x[0]
+    for t in range(1, T):  # chunk-end states from a zero start, all chunks at once
+        loc = torch.addcmul(x[t], a[t], loc)
+    Pend = _flush(torch.prod(a, dim=0))  # each chunk's total decay
+    S = torch.empty_like(loc)
     cur = h0
-    for m in range(Mb):  # carry across the chunks of the block
+    for m in range(a.shape[-2]):  # the carry across the chunks of the block
         S[..., m, :] = cur
-        cur = torch.addcmul(h[T - 1, ..., m, :], P[T - 1, ..., m, :], cur)
-    h.addcmul_(P, S[None])
-    return h, a, S, cur
+        cur = torch.addcmul(loc[..., m, :], Pend[..., m, :], cur)
+    return S, cur
 
 
-def _y(h, Cx):
-    return (h * Cx).sum(-1)  # [T, B, G, H, Mb]
+def _block_forward(dl, ul, A, Bx, Cx, h0):
+    """One block, no autograd: (y [T, B, G, H, Mb], end state [B, G, H, N]). The states are
+    rolled, never stored: the second pass runs the plain recurrence from each chunk's start."""
+    a, x = _block_inputs(dl, ul, A, Bx)
+    S, end = _chunk_starts(a, x, h0)
+    T = a.shape[0]
+    y = dl.new_empty(dl.shape)
+    cur = S
+    for t in range(T):
+        cur = torch.addcmul(x[t], a[t], cur)
+        y[t] = (cur * Cx[t if Cx.shape[0] > 1 else 0]).sum(-1)
+    return y, end
+
+
+def _block_states(dl, ul, A, Bx, h0):
+    """All states h [T, B, G, H, Mb, N] of one block, the decays and the chunk starts."""
+    a, x = _block_inputs(dl, ul, A, Bx)
+    S, _ = _chunk_starts(a, x, h0)
+    h = x  # overwritten in place, position by position
+    h[0].addcmul_(a[0], S)
+    for t in range(1, a.shape[0]):
+        h[t].addcmul_(a[t], h[t - 1])
+    return h, a, S
 
 
 def _from_blocks(yb: torch.Tensor) -> torch.Tensor:
@@ -124,9 +139,8 @@ def scan_forward(delta, u, A, Bm, Cm, var_b, var_c, T, M):
         Mb = min(M, nch - m0)
         starts.append(h0)
         dl, ul = _to_blocks(delta, T, M, m0, Mb), _to_blocks(u, T, M, m0, Mb)
-        h, _, _, h0 = _block_forward(dl, ul, A, _bc_block(Bm, var_b, T, m0, Mb), None, h0)
-        ys.append(_from_blocks(_y(h, _bc_block(Cm, var_c, T, m0, Mb))))
-        del h
+        y, h0 = _block_forward(dl, ul, A, _bc_block(Bm, var_b, T, m0, Mb), _bc_block(Cm, var_c, T, m0, Mb), h0)
+        ys.append(_from_blocks(y))
     return torch.cat(ys, dim=-1), h0, starts
 
 
@@ -145,20 +159,22 @@ def scan_backward(dy, dlast, delta, u, A, Bm, Cm, var_b, var_c, T, M, starts):
         sl = slice(m0 * T, (m0 + Mb) * T)
         dl, ul = _to_blocks(delta, T, M, m0, Mb), _to_blocks(u, T, M, m0, Mb)
         Bx, Cx = _bc_block(Bm, var_b, T, m0, Mb), _bc_block(Cm, var_c, T, m0, Mb)
-        h, a, S, _ = _block_forward(dl, ul, A, Bx, Cx, starts[bi])
+        h, a, S = _block_states(dl, ul, A, Bx, starts[bi])
         dyl = _to_blocks(dy, T, M, m0, Mb)
-        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}; local (zero carry) then chunk carries
+        # adjoint g_t = C_t dy_t + a_{t+1} g_{t+1}: chunk-start values from a zero carry, the
+        # carries E_m (what flows into each chunk's last position), then the plain recurrence
         g = dyl[..., None] * Cx
+        loc = g[T - 1]
         for t in range(T - 2, -1, -1):
-            g[t].addcmul_(a[t + 1], g[t + 1])
-        R = torch.ones_like(a)  # R_t = prod_{t < s <= T-1} a_s
-        if T > 1:
-            R[:-1] = _flush(torch.flip(torch.cumprod(torch.flip(a[1:], [0]), dim=0), [0]))
+            loc = torch.addcmul(g[t], a[t + 1], loc)
+        R0 = _flush(torch.prod(a[1:], dim=0)) if T > 1 else torch.ones_like(loc)  # prod_{0 < s < T} a_s
         Es = torch.empty_like(S)
         for m in range(Mb - 1, -1, -1):
             Es[..., m, :] = E
-            E = a[0, ..., m, :] * torch.addcmul(g[0, ..., m, :], R[0, ..., m, :], E)
-        g.addcmul_(R, Es[None])
+            E = a[0, ..., m, :] * torch.addcmul(loc[..., m, :], R0[..., m, :], E)
+        g[T - 1] += Es
+        for t in range(T - 2, -1, -1):
+            g[t].addcmul_(a[t + 1], g[t + 1])
         # h_{t-1}: the chunk-start state for t = 0
         hp = torch.cat([S[None], h[:-1]], dim=0)
         q = g * hp * a  # d loss / d(delta_t A)
@@ -177,7 +193,7 @@ def scan_backward(dy, dlast, delta, u, A, Bm, Cm, var_b, var_c, T, M, starts):
             dC[:, :, sl] = hc.sum(3).permute(1, 2, 3, 0, 4).reshape(Bb, G, Mb * T, -1)
         else:
             dC += hc.sum(dim=(0, 1, 4))
-        del h, a, g, R, hp, q, gb, w, hc
+        del h, a, g, hp, q, gb, w, hc
     return ddelta, du, dA, dB, dC
 
 
