@@ -104,8 +104,8 @@ def caduceus(folder: Path) -> Path:
     from omicskern.models.caduceus import Caduceus, CaduceusConfig
 
     comp = {str(i): i for i in range(16)} | {"7": 10, "10": 7, "8": 9, "9": 8}
-    cfg = dict(model_type="caduceus", architectures=["CaduceusForMaskedLM"], d_model=16, n_layer=2, vocab_size=12,
-               pad_vocab_size_multiple=8, ssm_cfg={"d_state": 8, "d_conv": 4, "expand": 2, "dt_rank": "auto",
+    cfg = dict(model_type="caduceus", architectures=["CaduceusForMaskedLM"], d_model=8, n_layer=2, vocab_size=12,
+               pad_vocab_size_multiple=8, ssm_cfg={"d_state": 4, "d_conv": 4, "expand": 2, "dt_rank": "auto",
                                                    "bias": False, "conv_bias": True},
                rms_norm=True, fused_add_norm=True, residual_in_fp32=False, norm_epsilon=1e-5, bidirectional=True,
                bidirectional_strategy="add", bidirectional_weight_tie=True, rcps=True, complement_map=comp)
