@@ -230,6 +230,8 @@ def main(argv=None):
         "| mem fwd omicskern | mem fwd+bwd ref | mem fwd+bwd omicskern |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if not any(r["op"] == "selective_scan" for r in rows):
+        lines = lines[:-3]  # --model-only: no scan table
     for r in rows:
         if r["op"] != "selective_scan":
             continue
