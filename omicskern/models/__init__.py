@@ -1,6 +1,6 @@
 """Model classes that load released checkpoints, built from omicskern.modules, behind one interface.
 
-Every class (``DNABERT2``, ``NucleotideTransformer``, ``HyenaDNA``, ``Geneformer``, ``ScGPT``) is an
+Every class (``DNABERT2``, ``NucleotideTransformer``, ``HyenaDNA``, ``Geneformer``, ``ScGPT``, ``Caduceus``) is an
 :class:`~omicskern.models.base.OmicsModel`: ``from_pretrained(folder)``, ``forward(batch)``,
 ``embed(batch, pooling=, layer=)``, ``token_logits``, ``set_backend(**ops)`` and
 ``get_tokenizer()``. :func:`load` detects a folder's type from the :data:`REGISTRY`;
@@ -32,6 +32,8 @@ _LAZY = {
     "GeneformerConfig": "omicskern.models.geneformer",
     "ScGPT": "omicskern.models.scgpt",
     "ScGPTConfig": "omicskern.models.scgpt",
+    "Caduceus": "omicskern.models.caduceus",
+    "CaduceusConfig": "omicskern.models.caduceus",
     "accelerate": "omicskern.models.hf",
     "from_hf": "omicskern.models.hf",
     "restore": "omicskern.models.hf",

@@ -48,6 +48,8 @@ REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
                "Geneformer V1 / V2 (ctheodoris/Geneformer): BERT on rank-value cell tokens"),
     ModelEntry("scgpt", "omicskern.models.scgpt", "ScGPT",
                "scGPT (bowang-lab/scGPT): args.json + vocab.json + best_model.pt, binned-value cell tokens"),
+    ModelEntry("caduceus", "omicskern.models.caduceus", "Caduceus",
+               "Caduceus-Ph / -PS (kuleshov-group/caduceus-*): BiMamba, RC-equivariant (PS), char tokenizer"),
 )}
 
 

@@ -6,6 +6,8 @@ Names: every public name of ``omicskern.ops`` is a submodule, always the same ob
     omicskern.ops.fftconv     fft_conv(), fft_conv_ref(), fast_fft_len()
     omicskern.ops.conv1d      causal_conv1d(), causal_conv1d_ref()
     omicskern.ops.rotary      apply_rotary(), rotary_cos_sin(), apply_rotary_ref()
+    omicskern.ops.selective_scan  selective_scan(), selective_state_update(), selective_scan_ref()
+    omicskern.ops.rmsnorm     rms_norm(), rms_norm_ref()
     omicskern.ops.backends    backend probes and the dispatch rule
 
 Functions are imported from their op's submodule (``from omicskern.ops.attention import
@@ -29,4 +31,5 @@ from omicskern._lazy import lazy_names
 
 # importing a submodule sets the attribute on this package, so later lookups bypass __getattr__
 # and see the same module object
-__getattr__, __dir__, __all__ = lazy_names(__name__, {}, ("attention", "backends", "conv1d", "fftconv", "rotary"))
+__getattr__, __dir__, __all__ = lazy_names(__name__, {}, ("attention", "backends", "conv1d", "fftconv", "rmsnorm", "rotary",
+                                                           "selective_scan"))

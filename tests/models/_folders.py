@@ -123,8 +123,30 @@ def scgpt(folder: Path) -> Path:
     return folder
 
 
+def caduceus(folder: Path) -> Path:
+    """Caduceus-PS laid out as the release: the released config keys (string-keyed complement_map,
+    padded vocab), the tied aliases (reverse in/out_proj, LM head) absent from model.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    from omicskern.models.caduceus import Caduceus, CaduceusConfig
+
+    comp = {str(i): i for i in range(16)} | {"7": 10, "10": 7, "8": 9, "9": 8}
+    cfg = dict(model_type="caduceus", architectures=["CaduceusForMaskedLM"], d_model=8, n_layer=2, vocab_size=12,
+               pad_vocab_size_multiple=8, ssm_cfg={"d_state": 4, "d_conv": 4, "expand": 2, "dt_rank": "auto",
+                                                   "bias": False, "conv_bias": True},
+               rms_norm=True, fused_add_norm=True, residual_in_fp32=False, norm_epsilon=1e-5, bidirectional=True,
+               bidirectional_strategy="add", bidirectional_weight_tie=True, rcps=True, complement_map=comp)
+    torch.manual_seed(5)
+    m = Caduceus(CaduceusConfig.from_dict(cfg))
+    _save(m, folder, cfg)
+    sd = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in sd.items() if k not in m.tied_keys()}, str(folder / "model.safetensors"))
+    return folder
+
+
 BUILDERS = {"dnabert2": dnabert2, "nucleotide_transformer": nucleotide_transformer, "hyenadna": hyenadna,
-            "geneformer": geneformer, "scgpt": scgpt}
+            "geneformer": geneformer, "scgpt": scgpt,
+            "caduceus": caduceus}
 
 #: tokenizer options the real-data batches need (PBMC's var_names are Ensembl IDs; scGPT's keys are symbols)
 TOKENIZER_OPTIONS = {"scgpt": {"gene_column": "gene_symbol"}}

@@ -12,7 +12,7 @@ import pytest
 
 from omicskern.ops import backends
 
-OPS = ("attention", "conv1d", "fftconv", "rotary")
+OPS = ("attention", "conv1d", "fftconv", "rotary", "selective_scan", "rmsnorm")
 
 
 def test_ops_names_are_stable():
