@@ -484,3 +484,49 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
                              v.reshape(B * L, Hk, D)[idx], cu, slopes, max_len, causal, scale)
     out = out_p.new_zeros(B * L, H, D).index_copy(0, idx, out_p)
     return out.view(B, L, H, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every configuration the dispatch above can launch on sm_90, for the compile check
+# (benchmarks/sm90_compile_check.py, tests/ops/test_sm90_compile.py).
+
+_HEAD_DIMS = {16: (16, 8), 32: (32, 24), 64: (64, 40), 128: (128, 80), 256: (256, 200)}
+_TRI = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def sm90_launches(full: bool = True) -> list[dict]:
+    """Launch descriptions (kernel, argument types, constexprs, warps, stages, expected MMA) of
+    every (head dim class, padded head dim, dtype, causal, ALiBi) the sm_90 dispatch can choose;
+    ``full=False``: bf16 D=128 (causal + ALiBi, the largest tiles), bf16 D=64 and fp32 D=64."""
+    out = []
+    for bd, dims in _HEAD_DIMS.items():
+        for D in dims:
+            for dt, tn in _TRI.items():
+                for causal in (False, True):
+                    for alibi in (False, True):
+                        rep = (D == bd and causal and alibi and dt == torch.bfloat16 and bd in (64, 128)) \
+                            or (dt == torch.float32 and D == 64 and causal and alibi)
+                        if not full and not rep:
+                            continue
+                        out += _launches_for(D, dt, tn, causal, alibi)
+    return out
+
+
+def _launches_for(D, dt, tn, causal, alibi):
+    fp32 = dt == torch.float32
+    cfg_kv, cfg_q = _bwd_config(D, False, 90, fp32)
+    types = {n: f"*{tn}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+    types.update({n: "*fp32" for n in ("LSE", "SLOPES", "DELTA")}, CU="*i32", qk_scale="fp32",
+                 sm_scale="fp32")
+    tags = f"D{D} {tn}{' causal' if causal else ''}{' alibi' if alibi else ''}"
+    out = []
+    for name, fn, cfg in (("fwd", _attention_fwd_kernel, _fwd_config(D, False, 90, fp32)),
+                          ("bwd_dkdv", _attention_bwd_dkdv_kernel, cfg_kv),
+                          ("bwd_dq", _attention_bwd_dq_kernel, cfg_q)):
+        cons = dict(N_REP=1, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=cfg["BLOCK_M"],
+                    BLOCK_N=cfg["BLOCK_N"], CAUSAL=causal, HAS_ALIBI=alibi, IEEE=fp32)
+        out.append(dict(kernel=name, fn=fn, types=types, constexprs=cons, num_warps=cfg["num_warps"],
+                        num_stages=cfg["num_stages"], mma=None if fp32 else "wgmma",
+                        tags=f"{tags} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}",
+                        div16=[n for n in fn.arg_names if n.startswith("stride_")]))
+    return out
