@@ -70,12 +70,17 @@ def _toolchain() -> Path | None:
     return bindir if (bindir / "cuobjdump").exists() else None
 
 
+MATCH = os.environ.get("SM90_MATCH")  # regex on "kernel tags" (development filter)
+
+
 def launches(ops=None, full: bool = True) -> list[dict]:
     out = []
     for op, mod in KERNEL_MODULES.items():
         if ops and op not in ops:
             continue
         for la in importlib.import_module(mod).sm90_launches(full):
+            if MATCH and not re.search(MATCH, f"{la['kernel']} {la['tags']}"):
+                continue
             out.append(dict(la, op=op))
     return out
 
@@ -182,7 +187,11 @@ def main(argv=None) -> int:
                     help="markdown table path ('-': none)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here ('-': stdout)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel compiles")
+    ap.add_argument("--match", default=None, help="only launches whose 'kernel tags' match this regex")
     a = ap.parse_args(argv)
+    if a.match:
+        global MATCH
+        MATCH = os.environ["SM90_MATCH"] = a.match  # the env var reaches --jobs workers
     if _toolchain() is None:
         print("SKIP: this triton wheel has no CUDA toolchain (ptxas/cuobjdump)")
         return 0

@@ -355,8 +355,8 @@ def _fft_conv_outer_fwd_kernel(x_ptr, xmul_ptr, bufr_ptr, bufi_ptr, fp_ptr, tw_p
     jl = tl.program_id(0)
     mb = tl.program_id(1)
     b64, h64, b = _job(j0 + jl, NB, PAIR)
-    p = tl.arange(0, P)[:, None]
-    mc = mb * BM + tl.arange(0, BM)[None, :]
+    p = tl.arange(0, P)[None, :]
+    mc = mb * BM + tl.arange(0, BM)[:, None]
     t = p * M + mc - in_off
     msk = (t >= 0) & (t < L)
     x = _rnd(_load_row(x_ptr, b64, h64, sxb, sxh, t, msk, xmul_ptr, smb, smh, HAS_XMUL), DT)
@@ -366,11 +366,11 @@ def _fft_conv_outer_fwd_kernel(x_ptr, xmul_ptr, bufr_ptr, bufi_ptr, fp_ptr, tw_p
         L2 = tl.where(b + 1 < B, L, 0)
         x2 = _rnd(_load_row(x_ptr, b64 + 1, h64, sxb, sxh, t, (t >= 0) & (t < L2), xmul_ptr, smb,
                             smh, HAS_XMUL), DT)
-        ar = tl.dot(fr, x, input_precision=PREC) - tl.dot(fi, x2, input_precision=PREC)
-        ai = tl.dot(fr, x2, input_precision=PREC) + tl.dot(fi, x, input_precision=PREC)
+        ar = tl.dot(x, fr, input_precision=PREC) - tl.dot(x2, fi, input_precision=PREC)
+        ai = tl.dot(x2, fr, input_precision=PREC) + tl.dot(x, fi, input_precision=PREC)
     else:
-        ar = tl.dot(fr, x, input_precision=PREC)
-        ai = tl.dot(fi, x, input_precision=PREC)
+        ar = tl.dot(x, fr, input_precision=PREC)
+        ai = tl.dot(x, fi, input_precision=PREC)
     tr = tl.load(tw_ptr + p * M + mc)
     ti = tl.load(tw_ptr + P * M + p * M + mc)
     o = jl.to(tl.int64) * (P * M) + p * M + mc
@@ -386,15 +386,15 @@ def _fft_conv_outer_cfwd_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.conste
     columns, times w_(P M)^(k_p m)."""
     seq = tl.program_id(0)
     mb = tl.program_id(1)
-    p = tl.arange(0, P)[:, None]
-    mc = mb * BM + tl.arange(0, BM)[None, :]
+    p = tl.arange(0, P)[None, :]
+    mc = mb * BM + tl.arange(0, BM)[:, None]
     o = seq.to(tl.int64) * (P * M) + p * M + mc
     xr = _rnd(tl.load(bufr_ptr + o), DT)
     xi = _rnd(tl.load(bufi_ptr + o), DT)
     fr, fi = _load_mat(fp_ptr, P, P, P * P)
     fr, fi = _rnd(fr, DT), _rnd(fi, DT)
-    ar = tl.dot(fr, xr, input_precision=PREC) - tl.dot(fi, xi, input_precision=PREC)
-    ai = tl.dot(fr, xi, input_precision=PREC) + tl.dot(fi, xr, input_precision=PREC)
+    ar = tl.dot(xr, fr, input_precision=PREC) - tl.dot(xi, fi, input_precision=PREC)
+    ai = tl.dot(xi, fr, input_precision=PREC) + tl.dot(xr, fi, input_precision=PREC)
     tr = tl.load(tw_ptr + p * M + mc)
     ti = tl.load(tw_ptr + P * M + p * M + mc)
     tl.store(bufr_ptr + o, (ar * tr - ai * ti).to(bufr_ptr.dtype.element_ty))
@@ -408,8 +408,8 @@ def _fft_conv_outer_cinv_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.conste
     """Inverse of :func:`_fft_conv_outer_cfwd_kernel` (unitary), in place."""
     seq = tl.program_id(0)
     mb = tl.program_id(1)
-    p = tl.arange(0, P)[:, None]
-    mc = mb * BM + tl.arange(0, BM)[None, :]
+    p = tl.arange(0, P)[None, :]
+    mc = mb * BM + tl.arange(0, BM)[:, None]
     o = seq.to(tl.int64) * (P * M) + p * M + mc
     br = tl.load(bufr_ptr + o).to(tl.float32)
     bi = tl.load(bufi_ptr + o).to(tl.float32)
@@ -419,8 +419,8 @@ def _fft_conv_outer_cinv_kernel(bufr_ptr, bufi_ptr, fp_ptr, tw_ptr, P: tl.conste
     ci = _rnd(bi * tr - br * ti, DT)
     fr, fi = _load_mat(fp_ptr, P, P, P * P)
     fr, fi = _rnd(fr, DT), _rnd(fi, DT)
-    yr = tl.dot(fr, cr, input_precision=PREC) + tl.dot(fi, ci, input_precision=PREC)
-    yi = tl.dot(fr, ci, input_precision=PREC) - tl.dot(fi, cr, input_precision=PREC)
+    yr = tl.dot(cr, fr, input_precision=PREC) + tl.dot(ci, fi, input_precision=PREC)
+    yi = tl.dot(ci, fr, input_precision=PREC) - tl.dot(cr, fi, input_precision=PREC)
     tl.store(bufr_ptr + o, yr.to(bufr_ptr.dtype.element_ty))
     tl.store(bufi_ptr + o, yi.to(bufi_ptr.dtype.element_ty))
 
@@ -468,8 +468,8 @@ def _fft_conv_outer_inv_kernel(bufr_ptr, bufi_ptr, out_ptr, omul_ptr, fp_ptr, tw
     jl = tl.program_id(0)
     mb = tl.program_id(1)
     b64, h64, b = _job(j0 + jl, NB, PAIR)
-    p = tl.arange(0, P)[:, None]
-    mc = mb * BM + tl.arange(0, BM)[None, :]
+    p = tl.arange(0, P)[None, :]
+    mc = mb * BM + tl.arange(0, BM)[:, None]
     o = jl.to(tl.int64) * (P * M) + p * M + mc
     br = tl.load(bufr_ptr + o).to(tl.float32)
     bi = tl.load(bufi_ptr + o).to(tl.float32)
@@ -479,15 +479,16 @@ def _fft_conv_outer_inv_kernel(bufr_ptr, bufi_ptr, out_ptr, omul_ptr, fp_ptr, tw
     ci = _rnd(bi * tr - br * ti, DT)
     fr, fi = _load_mat(fp_ptr, P, P, P * P)
     fr, fi = _rnd(fr, DT), _rnd(fi, DT)
-    y = tl.dot(fr, cr, input_precision=PREC) + tl.dot(fi, ci, input_precision=PREC)
+    y = tl.dot(cr, fr, input_precision=PREC) + tl.dot(ci, fi, input_precision=PREC)
     t = p * M + mc - out_off
     msk = (t >= 0) & (t < L)
     if HAS_OMUL:
         y = y * tl.load(omul_ptr + b64 * smb + h64 * smh + t, mask=msk, other=0.0).to(tl.float32)
     tl.store(out_ptr + b64 * sob + h64 * soh + t, y.to(out_ptr.dtype.element_ty), mask=msk)
     if PAIR:
-        y2 = tl.dot(fr, ci, input_precision=PREC) - tl.dot(fi, cr, input_precision=PREC)
-        m2 = msk & (b + 1 < B)
+        y2 = tl.dot(ci, fr, input_precision=PREC) - tl.dot(cr, fi, input_precision=PREC)
+        L2 = tl.where(b + 1 < B, L, 0)  # odd B: the last pair has one row
+        m2 = (t >= 0) & (t < L2)
         if HAS_OMUL:
             y2 = y2 * tl.load(omul_ptr + (b64 + 1) * smb + h64 * smh + t, mask=m2, other=0.0).to(tl.float32)
         tl.store(out_ptr + (b64 + 1) * sob + h64 * soh + t, y2.to(out_ptr.dtype.element_ty), mask=m2)
@@ -525,11 +526,20 @@ def _prec(device) -> str:
 
 
 def _fused_warps(N: int, fp32: bool) -> int:
-    return 8 if N >= 2048 else 4
+    if N >= 2048:
+        return 16 if fp32 else 8  # tf32x3 splits every operand in two: twice the registers
+    return 4
+
+
+def _dk_warps(N: int, fp32: bool) -> int:
+    # two complex spectra and a complex accumulator live at once
+    return 16 if N >= 4096 or (fp32 and N >= 2048) else _fused_warps(N, fp32)
 
 
 def _outer_bm(P: int, Mi: int) -> int:
-    return min(Mi, 64 if P <= 32 else 32)
+    # the outer kernels work on transposed [BM, P] tiles (x^T F, F symmetric): BM is the MMA's
+    # M dimension, and wgmma needs M = 64 per warpgroup (P = 16 as M fell back to mma.sync)
+    return min(Mi, 64)
 
 
 def _outer_warps(P: int) -> int:
@@ -678,7 +688,7 @@ def _dk(dy, gate, u, Lk, offset, pl, k_batched):
             dy, gate if gate is not None else dy, u, dk, _dft(N1, odt, dev), _dft(N2, odt, dev),
             _twiddle(N1, N2, N, dev), B, H, L, Lk, offset, acc_scale,
             N1=N1, N2=N2, HAS_GATE=gate is not None, PER_SAMPLE=k_batched, DT=_TL[odt],
-            PREC=_prec(dev), num_warps=_fused_warps(N, odt == torch.float32))
+            PREC=_prec(dev), num_warps=_dk_warps(N, odt == torch.float32))
         return dk.view(B, H, Lk) if k_batched else dk
     # Large N: spectra of dz and u for a chunk of (h-major) jobs, the cross-spectrum summed over
     # each channel's jobs by a kernel (no loop over the batch here), one inverse per channel.
@@ -798,3 +808,153 @@ def _backward(ctx, dy):
 
 
 fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every configuration the launchers above can choose on sm_90, for the compile check
+# (benchmarks/sm90_compile_check.py, tests/ops/test_sm90_compile.py).
+# ----------------------------------------------------------------------------------------------
+_TN = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+# (HAS_XMUL, HAS_OMUL, CONJ) of the pipeline's callers: forward, forward with gate (and dgate),
+# du with gate, du without gate
+_PIPE_FLAGS = ((False, False, False), (False, True, False), (True, False, True), (False, False, True))
+
+
+def _fused_sizes():
+    return [1 << e for e in range(int(math.log2(MIN_N)), int(math.log2(FUSED_MAX_N)) + 1)]
+
+
+def _multi_plans():
+    out, N = [], FUSED_MAX_N * 2
+    while N <= plan(MAX_L)["N"]:
+        out.append(plan(N // 2))
+        N *= 2
+    return out
+
+
+def sm90_launches(full: bool = True) -> list[dict]:
+    """Launch descriptions of every kernel configuration the dispatch can choose on sm_90: the
+    fused kernels for every FFT size up to FUSED_MAX_N, the multi-level kernels of every plan up to
+    MAX_L, for every input dtype and flag combination; ``full=False``: bf16 at the largest fused
+    size, the multi-level kernels of L = 32k, and the fp32 fused forward at N = 4096."""
+    out = []
+    for dt, tn in _TN.items():
+        odt = operand_dtype(dt)
+        fp32 = odt == torch.float32
+        DT = _TL[odt]
+        prec = "tf32x3"
+        mma = "wgmma"
+        xt = f"*{tn}"
+        for N in _fused_sizes():
+            pl = plan(N // 2)
+            N1, N2 = pl["N1"], pl["N2"]
+            for pair in (True, False):
+                for xm, om, conj in _PIPE_FLAGS:
+                    rep = N == FUSED_MAX_N and pair and (xm, om, conj) == (False, True, False) and tn in ("bf16", "fp32")
+                    if not full and not rep:
+                        continue
+                    flags = "".join(f for f, on in ((" xmul", xm), (" omul", om), (" conj", conj), (" pair", pair)) if on)
+                    out.append(dict(
+                        kernel="fused", fn=_fft_conv_fwd_kernel,
+                        types=dict(x_ptr=xt, xmul_ptr=xt, spec_ptr="*fp32", out_ptr=xt, omul_ptr=xt,
+                                   f1_ptr=f"*{_TN[odt]}", f2_ptr=f"*{_TN[odt]}", tw_ptr="*fp32"),
+                        constexprs=dict(N1=N1, N2=N2, HAS_XMUL=xm, HAS_OMUL=om, CONJ=conj, PAIR=pair,
+                                        DT=DT, PREC=prec),
+                        num_warps=_fused_warps(N, fp32), num_stages=3, mma=mma,
+                        tags=f"N{N} ({N1}x{N2}) {tn}{flags}",
+                        div16=["L", "sxb", "sxh", "smb", "smh", "sob", "soh", "spec_bstride"]))
+            for per_sample in (False, True):
+                for gate in (True, False):
+                    if not full and not (N == FUSED_MAX_N and gate and not per_sample and tn == "bf16"):
+                        continue
+                    out.append(dict(
+                        kernel="dk", fn=_fft_conv_bwd_dk_kernel,
+                        types=dict(dy_ptr=xt, gate_ptr=xt, u_ptr=xt, dk_ptr="*fp32", f1_ptr=f"*{_TN[odt]}",
+                                   f2_ptr=f"*{_TN[odt]}", tw_ptr="*fp32", acc_scale="fp32"),
+                        constexprs=dict(N1=N1, N2=N2, HAS_GATE=gate, PER_SAMPLE=per_sample, DT=DT, PREC=prec),
+                        num_warps=_dk_warps(N, fp32), num_stages=3, mma=mma,
+                        tags=f"N{N} ({N1}x{N2}) {tn}{' gate' if gate else ''}{' per-sample' if per_sample else ''}",
+                        div16=["L"]))
+        seen = set()
+        st = f"*{_TN[odt]}"
+        for pl in _multi_plans():
+            rep = pl["N"] == plan(1 << 15)["N"] and tn in ("bf16",)
+            if not full and not rep:
+                continue
+            lens = [pl["N"]]
+            for P in pl["Ps"]:
+                lens.append(lens[-1] // P)
+            mat = f"*{_TN[odt]}"
+            P, S = pl["Ps"][0], lens[0]
+            M, BM = S // P, _outer_bm(P, S // P)
+            for xm in (False, True):
+                for pair in (True, False):
+                    key = ("ofwd", P, M, xm, pair)
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(dict(
+                            kernel="outer_fwd", fn=_fft_conv_outer_fwd_kernel,
+                            types=dict(x_ptr=xt, xmul_ptr=xt, bufr_ptr=st, bufi_ptr=st, fp_ptr=mat, tw_ptr="*fp32"),
+                            constexprs=dict(P=P, M=M, BM=BM, HAS_XMUL=xm, PAIR=pair, DT=DT, PREC=prec),
+                            num_warps=_outer_warps(P), num_stages=3, mma=mma,
+                            tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' xmul' if xm else ''}{' pair' if pair else ''}",
+                            div16=["L", "sxb", "sxh", "smb", "smh"]))
+            for om in (False, True):
+                for pair in (True, False):
+                    for ot in ((xt,) if True else ()):
+                        key = ("oinv", P, M, om, pair)
+                        if key not in seen:
+                            seen.add(key)
+                            out.append(dict(
+                                kernel="outer_inv", fn=_fft_conv_outer_inv_kernel,
+                                types=dict(bufr_ptr=st, bufi_ptr=st, out_ptr=ot, omul_ptr=xt, fp_ptr=mat, tw_ptr="*fp32"),
+                                constexprs=dict(P=P, M=M, BM=BM, HAS_OMUL=om, PAIR=pair, DT=DT, PREC=prec),
+                                num_warps=_outer_warps(P), num_stages=3, mma=mma,
+                                tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' omul' if om else ''}{' pair' if pair else ''}",
+                                div16=["L", "sob", "soh", "smb", "smh"]))
+            # dk's final inverse: fp32 accumulators as scratch, fp32 output, no pairs
+            key = ("oinv-dk", P, M)
+            if key not in seen:
+                seen.add(key)
+                out.append(dict(
+                    kernel="outer_inv", fn=_fft_conv_outer_inv_kernel,
+                    types=dict(bufr_ptr="*fp32", bufi_ptr="*fp32", out_ptr="*fp32", omul_ptr="*fp32",
+                               fp_ptr=mat, tw_ptr="*fp32"),
+                    constexprs=dict(P=P, M=M, BM=BM, HAS_OMUL=False, PAIR=False, DT=DT, PREC=prec),
+                    num_warps=_outer_warps(P), num_stages=3, mma=mma,
+                    tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn} dk (fp32 acc)", div16=["L", "soh"]))
+            for i in range(1, len(pl["Ps"])):
+                P, S = pl["Ps"][i], lens[i]
+                M, BM = S // P, _outer_bm(P, S // P)
+                for name, fn in (("outer_cfwd", _fft_conv_outer_cfwd_kernel), ("outer_cinv", _fft_conv_outer_cinv_kernel)):
+                    for bt in ((st, "*fp32") if name == "outer_cinv" else (st,)):
+                        key = (name, P, M, bt)
+                        if key not in seen:
+                            seen.add(key)
+                            out.append(dict(
+                                kernel=name, fn=fn, types=dict(bufr_ptr=bt, bufi_ptr=bt, fp_ptr=mat, tw_ptr="*fp32"),
+                                constexprs=dict(P=P, M=M, BM=BM, DT=DT, PREC=prec),
+                                num_warps=_outer_warps(P), num_stages=3, mma=mma,
+                                tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' dk (fp32 acc)' if bt != st else ''}"))
+            nseq = pl["N"] // pl["M"]
+            for mode in (0, 1, 2):
+                for conj in ((False, True) if mode == 0 else (False,)):
+                    for bt in ((st, "*fp32") if mode == 2 else (st,)):
+                        key = ("inner", pl["N"], mode, conj, bt)
+                        if key not in seen:
+                            seen.add(key)
+                            out.append(dict(
+                                kernel="inner", fn=_fft_conv_inner_kernel,
+                                types=dict(bufr_ptr=bt, bufi_ptr=bt, spec_ptr="*fp32", f1_ptr=mat, f2_ptr=mat,
+                                           tw_ptr="*fp32"),
+                                constexprs=dict(P=nseq, N1=pl["N1"], N2=pl["N2"], MODE=mode, CONJ=conj, DT=DT, PREC=prec),
+                                num_warps=_inner_warps(pl["M"]), num_stages=3, mma=mma,
+                                tags=f"N{pl['N']} P{nseq} M{pl['M']} ({pl['N1']}x{pl['N2']}) {tn} mode{mode}"
+                                     f"{' conj' if conj else ''}{' dk (fp32 acc)' if bt != st else ''}",
+                                div16=["spec_bstride"]))
+        if full or tn == "bf16":
+            out.append(dict(kernel="dk_acc", fn=_cross_spectrum_acc_kernel,
+                            types=dict(ar_ptr=st, ai_ptr=st, br_ptr=st, bi_ptr=st, accr_ptr="*fp32", acci_ptr="*fp32"),
+                            constexprs=dict(BLOCK=ACC_BLOCK), num_warps=4, num_stages=3, mma=None,
+                            tags=f"{tn} scratch", div16=["N"]))
+    return out
