@@ -18,6 +18,7 @@ with fake implementations, so ``torch.compile`` traces through them.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -54,19 +55,22 @@ def _attention_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, o
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale
         if HAS_ALIBI:
             # Positions as floats (exact below 2**24): one FADD with |.| and one FFMA per score,
             # instead of integer subtract/abs and a quarter-rate int->float conversion.
-            s = s - slope * tl.abs(offs_m.to(tl.float32)[:, None] - cols.to(tl.float32)[None, :])
+            s = s * qk_scale - slope * tl.abs(offs_m.to(tl.float32)[:, None] - cols.to(tl.float32)[None, :])
+            sc = 1.0
+        else:
+            sc = qk_scale  # folded into the exp2 argument: one FFMA per score, no separate multiply
         if MASKED:
             keep = (cols < L)[None, :]
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None])
             s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # qk_scale > 0, so max(s) * sc = max(s * sc); m_i is kept in scaled (log2) units
+        m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+        p = tl.math.exp2(s * sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
@@ -140,6 +144,21 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
     tl.store(LSE + h * stride_lh + seq_start + offs_m, lse, mask=m_ok)
+
+
+@triton.jit
+def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
+                                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """delta[h, t] = sum_d dO[t, h, d] O[t, h, d] in fp32 (read once in the input dtype, no fp32
+    copies of dO and O)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    m = (offs_t < T)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    rows = offs_t.to(tl.int64)[:, None]
+    o = tl.load(O + rows * stride_ot + h * stride_oh + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows * stride_dot + h * stride_doh + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(DELTA + h * stride_lh + offs_t, tl.sum(o * do, 1), mask=offs_t < T)
 
 
 @triton.jit
@@ -296,6 +315,12 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
 # the sm_90 ones spill); they are not tuned for speed.
 
 
+def poison_outputs() -> bool:
+    """NaN-fill outputs before the kernels run, so an unwritten element fails the tests: in the
+    interpreter (tests) or with ``OMICSKERN_DEBUG_POISON=1`` only (on GPU it is a full extra write)."""
+    return os.environ.get("OMICSKERN_DEBUG_POISON", "") == "1" or backends.triton_interpret()
+
+
 def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
@@ -361,8 +386,11 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     Returns (out [T, H, D], lse float32 [H, T], natural log)."""
     T, H, D = q.shape
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
-    out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
-    lse = torch.full((H, T), float("nan"), device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((H, T), device=q.device, dtype=torch.float32)
+    if poison_outputs():
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
     N = cu_seqlens.numel() - 1
     if T == 0 or N == 0 or max_seqlen == 0:
         return out, lse
@@ -397,15 +425,22 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     T, H, D = q.shape
     Hk = k.shape[1]
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
-    dq = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     # Grouped heads: per-query-head dK/dV in float32, summed over each group below.
     gdt = q.dtype if Hk == H else torch.float32
-    dk_h = torch.full((T, H, D), float("nan"), device=q.device, dtype=gdt)
-    dv_h = torch.full((T, H, D), float("nan"), device=q.device, dtype=gdt)
+    dk_h = torch.empty((T, H, D), device=q.device, dtype=gdt)
+    dv_h = torch.empty((T, H, D), device=q.device, dtype=gdt)
+    if poison_outputs():
+        for t in (dq, dk_h, dv_h):
+            t.fill_(float("nan"))
     N = cu_seqlens.numel() - 1
     if T == 0 or N == 0 or max_seqlen == 0:
         return dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype), dv_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype)
-    delta = (do.float() * out.float()).sum(-1).transpose(0, 1).contiguous()  # [H, T]
+    delta = torch.empty(H, T, device=q.device, dtype=torch.float32)
+    out = _last_dim_contiguous(out)
+    _attention_bwd_delta_kernel[(triton.cdiv(T, 64), H)](
+        out, do, delta, T, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
+        HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_T=64, num_warps=4)
     lse = lse.contiguous()
     cfg_kv, cfg_q = _bwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
     common = dict(N_REP=H // Hk, HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
@@ -509,6 +544,13 @@ def sm90_launches(full: bool = True) -> list[dict]:
                         if not full and not rep:
                             continue
                         out += _launches_for(D, dt, tn, causal, alibi)
+            for dt, tn in _TRI.items():
+                if full or (D == 128 and dt == torch.bfloat16):
+                    out.append(dict(kernel="bwd_delta", fn=_attention_bwd_delta_kernel,
+                                    types=dict(O=f"*{tn}", DO=f"*{tn}", DELTA="*fp32"),
+                                    constexprs=dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_T=64), num_warps=4,
+                                    num_stages=3, mma=None, tags=f"D{D} {tn}",
+                                    div16=["stride_ot", "stride_oh", "stride_dot", "stride_doh"]))
     return out
 
 
