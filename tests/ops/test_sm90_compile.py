@@ -51,11 +51,11 @@ def test_every_attention_dispatch_config_is_listed():
     for D in range(1, 257):
         for dt in (torch.bfloat16, torch.float16, torch.float32):
             fp32 = dt == torch.float32
-            cf = tri._fwd_config(D, False, 90, fp32)
             ck, cq = tri._bwd_config(D, False, 90, fp32)
             bd = tri._block_d(D)
             for causal in (False, True):
                 for alibi in (False, True):
+                    cf = tri._fwd_config(D, False, 90, fp32, alibi)
                     for cfg, keys in ((cf, fwd), (ck, kv), (cq, dq)):
                         # HEAD_DIM only matters through EVEN_D (HEAD_DIM == BLOCK_D) and masks
                         Drep = bd if D == bd else tri._HEAD_DIMS[bd][1]

@@ -325,7 +325,7 @@ def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> dict:
+def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi: bool = False) -> dict:
     if interpret:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
     if fp32:  # IEEE fp32 dots run on FMA units, not tensor cores: small tiles (a correctness path)
@@ -334,7 +334,12 @@ def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> di
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
     if _block_d(D) <= 128:
         if sm >= 90:
-            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+            # Hopper sweep (docs/attention.md): 128x128 on 8 warps with 2 stages (160 KiB shared,
+            # 255 registers, no spills) halves the K/V passes per query block; with ALiBi it spills
+            # (48 B), so ALiBi keeps 128x64 with 3 stages (244 registers, no spills)
+            if alibi:
+                return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+            return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)  # D > 128: spills a little
 
@@ -354,6 +359,8 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
     if _block_d(D) <= 128:
         kv = dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2) if sm >= 90 else \
             dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
+        if sm >= 90:  # dQ at 128x64 on 8 warps: 235 registers with ALiBi, no spills
+            return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
         return kv, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     return (dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1),
             dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))
@@ -394,7 +401,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     N = cu_seqlens.numel() - 1
     if T == 0 or N == 0 or max_seqlen == 0:
         return out, lse
-    cfg = _fwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
+    cfg = _fwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32,
+                      alibi=alibi_slopes is not None)
     assert cfg["BLOCK_M"] % cfg["BLOCK_N"] == 0  # the forward's unmasked/masked split relies on it
     if max_seqlen * max(q.stride(0), k.stride(0), v.stride(0), out.stride(0)) >= 2**31:
         raise ValueError(f"attention(backend='triton'): a sequence of {max_seqlen} rows with row stride "
@@ -562,7 +570,7 @@ def _launches_for(D, dt, tn, causal, alibi):
                  sm_scale="fp32")
     tags = f"D{D} {tn}{' causal' if causal else ''}{' alibi' if alibi else ''}"
     out = []
-    for name, fn, cfg in (("fwd", _attention_fwd_kernel, _fwd_config(D, False, 90, fp32)),
+    for name, fn, cfg in (("fwd", _attention_fwd_kernel, _fwd_config(D, False, 90, fp32, alibi)),
                           ("bwd_dkdv", _attention_bwd_dkdv_kernel, cfg_kv),
                           ("bwd_dq", _attention_bwd_dq_kernel, cfg_q)):
         cons = dict(N_REP=1, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=cfg["BLOCK_M"],
