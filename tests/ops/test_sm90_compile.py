@@ -70,7 +70,7 @@ def test_every_fftconv_plan_is_listed():
 
     listed = tk.sm90_launches(full=True)
     fused = {(la["constexprs"]["N1"], la["constexprs"]["N2"], la["num_warps"])
-             for la in listed if la["kernel"] in ("fused", "dk")}
+             for la in listed if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse")}
     inner = {(la["constexprs"]["P"], la["constexprs"]["N1"], la["constexprs"]["N2"]) for la in listed
              if la["kernel"] == "inner"}
     outer = {(la["constexprs"]["P"], la["constexprs"]["M"], la["constexprs"]["BM"]) for la in listed

@@ -293,55 +293,42 @@ def _fft_conv_fwd_kernel(x_ptr, xmul_ptr, spec_ptr, out_ptr, omul_ptr, f1_ptr, f
 
 
 @triton.jit
-def _fft_conv_bwd_dk_kernel(dy_ptr, gate_ptr, u_ptr, dk_ptr, f1_ptr, f2_ptr, tw_ptr, B, H, L, Lk,
-                            in_off, acc_scale, N1: tl.constexpr, N2: tl.constexpr,
-                            HAS_GATE: tl.constexpr, PER_SAMPLE: tl.constexpr, DT: tl.constexpr,
-                            PREC: tl.constexpr):
-    """dk[j] = sum over batch rows of sum_m dzp[m] u[m - j], j < Lk, dz = dy * gate placed at
-    in_off: the cross-spectrum DZ conj(U) is accumulated over the batch in registers, then one
-    inverse FFT. One program per h (k shared) or per (b, h) (PER_SAMPLE: k per sample).
-
-    Shared k packs two batch rows per complex FFT: with Z = DZ_0 + i DZ_1 and W = U_0 + i U_1,
-    Z conj(W) = (DZ_0 conj U_0 + DZ_1 conj U_1) + i (DZ_1 conj U_0 - DZ_0 conj U_1), the
-    spectrum of (the wanted sum of correlations) + i (a real signal), so the real part of the
-    inverse is the sum: 16 matrix products per two rows instead of 24."""
-    pid = tl.program_id(0)
-    h = pid % H
-    if PER_SAMPLE:
-        b_lo = pid // H
-        b_hi = b_lo + 1
-    else:
-        b_lo = 0
-        b_hi = B
+def _fft_conv_spectrum_kernel(x_ptr, xmul_ptr, bufr_ptr, bufi_ptr, f1_ptr, f2_ptr, tw_ptr, B, NB, j0, L,
+                              in_off, sxb, sxh, smb, smh, N1: tl.constexpr, N2: tl.constexpr,
+                              HAS_XMUL: tl.constexpr, PAIR: tl.constexpr, DT: tl.constexpr,
+                              PREC: tl.constexpr):
+    """Spectrum (kernels' order, unitary) of job j0 + program_id(0): row (b, h) of x * xmul placed
+    at in_off, or with PAIR rows b, b + 1 as real and imaginary parts, into the job's scratch slot.
+    The dk backward's first step (one complex spectrum live: no spills at 64 x 64 tiles)."""
+    jl = tl.program_id(0)
+    b64, h64, b = _job(j0 + jl, NB, PAIR)
     n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
     t = n - in_off
-    mz = (t >= 0) & (t < L)
-    mu = n < L
-    accr = tl.zeros([N1, N2], dtype=tl.float32)
-    acci = tl.zeros([N1, N2], dtype=tl.float32)
-    for b in range(b_lo, b_hi, 2):
-        base = (b * H + h).to(tl.int64) * L
-        dz = tl.load(dy_ptr + base + t, mask=mz, other=0.0).to(tl.float32)
-        if HAS_GATE:
-            dz = dz * tl.load(gate_ptr + base + t, mask=mz, other=0.0).to(tl.float32)
-        uu = tl.load(u_ptr + base + n, mask=mu, other=0.0).to(tl.float32)
-        if PER_SAMPLE:
-            zr, zi = _fft2_fwd(dz, dz, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, DT, PREC)
-            wr, wi = _fft2_fwd(uu, uu, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, DT, PREC)
-        else:
-            L2 = tl.where(b + 1 < b_hi, L, 0)
-            base2 = base + H * L
-            mz2 = (t >= 0) & (t < L2)
-            dz2 = tl.load(dy_ptr + base2 + t, mask=mz2, other=0.0).to(tl.float32)
-            if HAS_GATE:
-                dz2 = dz2 * tl.load(gate_ptr + base2 + t, mask=mz2, other=0.0).to(tl.float32)
-            uu2 = tl.load(u_ptr + base2 + n, mask=n < L2, other=0.0).to(tl.float32)
-            zr, zi = _fft2_fwd(dz, dz2, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, DT, PREC)
-            wr, wi = _fft2_fwd(uu, uu2, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, DT, PREC)
-        accr += zr * wr + zi * wi
-        acci += zi * wr - zr * wi
-    y, _ = _fft2_inv(accr * acc_scale, acci * acc_scale, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, DT, PREC)
-    tl.store(dk_ptr + pid.to(tl.int64) * Lk + n, y, mask=n < Lk)
+    m = (t >= 0) & (t < L)
+    x = _load_row(x_ptr, b64, h64, sxb, sxh, t, m, xmul_ptr, smb, smh, HAS_XMUL)
+    if PAIR:
+        L2 = tl.where(b + 1 < B, L, 0)
+        x2 = _load_row(x_ptr, b64 + 1, h64, sxb, sxh, t, (t >= 0) & (t < L2), xmul_ptr, smb, smh,
+                       HAS_XMUL)
+        yr, yi = _fft2_fwd(x, x2, f1_ptr, f2_ptr, tw_ptr, N1, N2, False, DT, PREC)
+    else:
+        yr, yi = _fft2_fwd(x, x, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, DT, PREC)
+    o = jl.to(tl.int64) * (N1 * N2) + n
+    tl.store(bufr_ptr + o, yr.to(bufr_ptr.dtype.element_ty))
+    tl.store(bufi_ptr + o, yi.to(bufi_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _fft_conv_real_inverse_kernel(accr_ptr, acci_ptr, out_ptr, f1_ptr, f2_ptr, tw_ptr, Lout, scale,
+                                  N1: tl.constexpr, N2: tl.constexpr, DT: tl.constexpr,
+                                  PREC: tl.constexpr):
+    """out[row, :Lout] = real part of the inverse (unitary) transform of scale * acc[row]."""
+    row = tl.program_id(0).to(tl.int64)
+    n = tl.arange(0, N1)[:, None] * N2 + tl.arange(0, N2)[None, :]
+    zr = tl.load(accr_ptr + row * (N1 * N2) + n) * scale
+    zi = tl.load(acci_ptr + row * (N1 * N2) + n) * scale
+    y, _ = _fft2_inv(zr, zi, f1_ptr, f2_ptr, tw_ptr, N1, N2, True, DT, PREC)
+    tl.store(out_ptr + row * Lout + n, y.to(out_ptr.dtype.element_ty), mask=n < Lout)
 
 
 @triton.jit
@@ -530,11 +517,6 @@ def _fused_warps(N: int, fp32: bool) -> int:
     return 8 if N >= 2048 else 4
 
 
-def _dk_warps(N: int, fp32: bool) -> int:
-    # 16 warps cap ptxas at 128 registers a thread and spill more (measured), so as the forward
-    return _fused_warps(N, fp32)
-
-
 def _outer_bm(P: int, Mi: int) -> int:
     # the outer kernels work on transposed [BM, P] tiles (x^T F, F symmetric): BM is the MMA's
     # M dimension, and wgmma needs M = 64 per warpgroup (P = 16 as M fell back to mma.sync)
@@ -678,26 +660,48 @@ def _dk(dy, gate, u, Lk, offset, pl, k_batched):
     nacc = B * H if k_batched else H
     N = pl["N"]
     acc_scale = math.sqrt(N)  # unitary transforms: (F/sqrt N)(.) (F/sqrt N)(.) then F*/sqrt N
-    if pl["fused"]:
-        dk = torch.empty(nacc, Lk, dtype=torch.float32, device=dev)
-        if poison_outputs():
-            dk.fill_(float("nan"))
-        N1, N2 = pl["N1"], pl["N2"]
-        _fft_conv_bwd_dk_kernel[(nacc,)](
-            dy, gate if gate is not None else dy, u, dk, _dft(N1, odt, dev), _dft(N2, odt, dev),
-            _twiddle(N1, N2, N, dev), B, H, L, Lk, offset, acc_scale,
-            N1=N1, N2=N2, HAS_GATE=gate is not None, PER_SAMPLE=k_batched, DT=_TL[odt],
-            PREC=_prec(dev), num_warps=_dk_warps(N, odt == torch.float32))
-        return dk.view(B, H, Lk) if k_batched else dk
-    # Large N: spectra of dz and u for a chunk of (h-major) jobs, the cross-spectrum summed over
-    # each channel's jobs by a kernel (no loop over the batch here), one inverse per channel.
+    # Spectra of dz and u for a chunk of (h-major) jobs (with a shared k, two batch rows per
+    # complex spectrum: see _fft_conv_real_inverse_kernel's caller below), the cross-spectrum
+    # summed over each channel's jobs by a kernel (no loop over the batch here), then one inverse
+    # per accumulator row. Three kernels instead of one fused loop: the fused form kept two complex
+    # spectra and the accumulator live and spilled on sm_90 at every size >= 1024.
+    #
+    # Pairing: with Z = DZ_0 + i DZ_1 and W = U_0 + i U_1, Z conj(W) = (DZ_0 conj U_0 +
+    # DZ_1 conj U_1) + i (DZ_1 conj U_0 - DZ_0 conj U_1), the spectrum of (the wanted sum of
+    # correlations) + i (a real signal): the real part of the inverse is the sum.
     pair = not k_batched and B > 1
     NB = triton.cdiv(B, 2) if pair else B
     G = 1 if k_batched else NB  # jobs per accumulator row (group)
     jobs = H * NB
     chunk = max(1, min(jobs, SCRATCH_BYTES // (4 * N * odt.itemsize)))
-    ml = _MultiLevel(pl, dev, chunk, odt, nbuf=2)
     acc = torch.zeros(2, nacc, N, dtype=torch.float32, device=dev)  # group order (h-major)
+    dkg = torch.empty(nacc, Lk, dtype=torch.float32, device=dev)
+    if poison_outputs():
+        dkg.fill_(float("nan"))
+    if pl["fused"]:
+        N1, N2 = pl["N1"], pl["N2"]
+        mats = (_dft(N1, odt, dev), _dft(N2, odt, dev), _twiddle(N1, N2, N, dev))
+        bufs = [torch.empty(chunk * N, dtype=odt, device=dev) for _ in range(4)]
+        common = dict(N1=N1, N2=N2, PAIR=pair, DT=_TL[odt], PREC=_prec(dev), num_warps=_fused_warps(N, False))
+        for j0 in range(0, jobs, chunk):
+            n = min(jobs, j0 + chunk) - j0
+            g_ = gate if gate is not None else dy
+            _fft_conv_spectrum_kernel[(n,)](dy, g_, bufs[0], bufs[1], *mats, B, NB, j0, L, offset,
+                                            dy.stride(0), dy.stride(1), g_.stride(0), g_.stride(1),
+                                            HAS_XMUL=gate is not None, **common)
+            _fft_conv_spectrum_kernel[(n,)](u, u, bufs[2], bufs[3], *mats, B, NB, j0, L, 0,
+                                            u.stride(0), u.stride(1), u.stride(0), u.stride(1),
+                                            HAS_XMUL=False, **common)
+            groups = (j0 + n - 1) // G - j0 // G + 1
+            blk = min(ACC_BLOCK, N)
+            _cross_spectrum_acc_kernel[(groups, N // blk)](
+                *bufs, acc[0], acc[1], j0, j0 + n, G, N, BLOCK=blk, num_warps=4)
+        _fft_conv_real_inverse_kernel[(nacc,)](acc[0], acc[1], dkg, *mats, Lk, acc_scale, N1=N1, N2=N2,
+                                               DT=_TL[odt], PREC=_prec(dev), num_warps=_fused_warps(N, False))
+        if k_batched:  # groups are (h, b): back to [B, H, Lk]
+            return dkg.view(H, B, Lk).transpose(0, 1).contiguous()
+        return dkg
+    ml = _MultiLevel(pl, dev, chunk, odt, nbuf=2)
     for j0 in range(0, jobs, chunk):
         n = min(jobs, j0 + chunk) - j0
         ml.forward(dy, gate, B, NB, j0, n, offset, pair, ml.bufs[0], ml.bufs[1], inner=True)
@@ -707,9 +711,6 @@ def _dk(dy, gate, u, Lk, offset, pl, k_batched):
         _cross_spectrum_acc_kernel[(groups, N // blk)](
             *ml.bufs, acc[0], acc[1], j0, j0 + n, G, N, BLOCK=blk, num_warps=4)
     acc.mul_(acc_scale)
-    dkg = torch.empty(nacc, Lk, dtype=torch.float32, device=dev)
-    if poison_outputs():
-        dkg.fill_(float("nan"))
     # the accumulators are the scratch of their own inverse (fp32 buffers), in row chunks
     chunk2 = max(1, min(nacc, SCRATCH_BYTES // (8 * N)))
     mli = _MultiLevel(pl, dev, 0, odt)
@@ -859,16 +860,23 @@ def sm90_launches(full: bool = True) -> list[dict]:
                         num_warps=_fused_warps(N, fp32), num_stages=3, mma=mma,
                         tags=f"N{N} ({N1}x{N2}) {tn}{flags}",
                         div16=["L", "sxb", "sxh", "smb", "smh", "sob", "soh", "spec_bstride"]))
-            for per_sample in (False, True):
-                for gate in (True, False):
+            st = f"*{_TN[odt]}"
+            for pair in (True, False):
+                for xm in (True, False):
                     out.append(dict(
-                        kernel="dk", fn=_fft_conv_bwd_dk_kernel,
-                        types=dict(dy_ptr=xt, gate_ptr=xt, u_ptr=xt, dk_ptr="*fp32", f1_ptr=f"*{_TN[odt]}",
-                                   f2_ptr=f"*{_TN[odt]}", tw_ptr="*fp32", acc_scale="fp32"),
-                        constexprs=dict(N1=N1, N2=N2, HAS_GATE=gate, PER_SAMPLE=per_sample, DT=DT, PREC=prec),
-                        num_warps=_dk_warps(N, fp32), num_stages=3, mma=mma,
-                        tags=f"N{N} ({N1}x{N2}) {tn}{' gate' if gate else ''}{' per-sample' if per_sample else ''}",
-                        div16=["L"]))
+                        kernel="dk_spectrum", fn=_fft_conv_spectrum_kernel,
+                        types=dict(x_ptr=xt, xmul_ptr=xt, bufr_ptr=st, bufi_ptr=st, f1_ptr=f"*{_TN[odt]}",
+                                   f2_ptr=f"*{_TN[odt]}", tw_ptr="*fp32"),
+                        constexprs=dict(N1=N1, N2=N2, HAS_XMUL=xm, PAIR=pair, DT=DT, PREC=prec),
+                        num_warps=_fused_warps(N, fp32), num_stages=3, mma=mma,
+                        tags=f"N{N} ({N1}x{N2}) {tn}{' xmul' if xm else ''}{' pair' if pair else ''}",
+                        div16=["L", "sxb", "sxh", "smb", "smh"]))
+            out.append(dict(
+                kernel="dk_inverse", fn=_fft_conv_real_inverse_kernel,
+                types=dict(accr_ptr="*fp32", acci_ptr="*fp32", out_ptr="*fp32", f1_ptr=f"*{_TN[odt]}",
+                           f2_ptr=f"*{_TN[odt]}", tw_ptr="*fp32", scale="fp32"),
+                constexprs=dict(N1=N1, N2=N2, DT=DT, PREC=prec),
+                num_warps=_fused_warps(N, fp32), num_stages=3, mma=mma, tags=f"N{N} ({N1}x{N2}) {tn}"))
         seen = set()
         st = f"*{_TN[odt]}"
         for pl in _multi_plans():
@@ -950,7 +958,7 @@ def sm90_launches(full: bool = True) -> list[dict]:
                             tags=f"{tn} scratch", div16=["N"]))
     for la in out:
         # wgmma needs an M dimension of 64 per warpgroup: tiles with N1 < 64 rows use mma.sync
-        if la["kernel"] in ("fused", "dk", "inner") and la["constexprs"]["N1"] < 64:
+        if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse", "inner") and la["constexprs"]["N1"] < 64:
             la["mma"] = "mma"
         reason = _known_spills(la)
         if reason:
@@ -962,15 +970,14 @@ def sm90_launches(full: bool = True) -> list[dict]:
 # size, the L = 32k multi-level kernels, the batch accumulation).
 _SUBSET = {"fused N4096 (64x64) bf16 omul pair", "fused N256 (16x16) fp32 omul pair",
            "outer_fwd N65536 P16 M4096 BM64 bf16 pair", "outer_inv N65536 P16 M4096 BM64 bf16 omul pair",
-           "inner N65536 P16 M4096 (64x64) bf16 mode0", "dk_acc bf16 scratch"}
+           "inner N65536 P16 M4096 (64x64) bf16 mode0", "dk_acc bf16 scratch",
+           "dk_spectrum N4096 (64x64) bf16 xmul pair", "dk_inverse N4096 (64x64) bf16"}
 
 
 def _known_spills(la) -> str | None:
     """Launches that still spill on sm_90 (listed in benchmarks/results/sm90_compile.md and
-    docs/fftconv.md): the fp32 path's tf32x3 products (every operand split in two) and the fused
-    dk kernel (two complex spectra and a complex accumulator live at once)."""
-    if la["kernel"] in ("fused", "dk") and la["constexprs"]["DT"] == tl.float32:
+    docs/fftconv.md): the fp32 path's fused kernels, whose tf32x3 products split every operand
+    in two (a correctness path; fp16/bf16 inputs take the tensor-core path)."""
+    if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse") and la["constexprs"]["DT"] == tl.float32:
         return "fp32 inputs: tf32x3 operands (correctness path)"
-    if la["kernel"] == "dk":
-        return "fused dk: two spectra + accumulator live"
     return None
