@@ -56,13 +56,28 @@ def test_every_attention_dispatch_config_is_listed():
             for causal in (False, True):
                 for alibi in (False, True):
                     cf = tri._fwd_config(D, False, 90, fp32, alibi)
-                    for cfg, keys in ((cf, fwd), (ck, kv), (cq, dq)):
+                    # the fixed table's entry is the autotuner's first candidate
+                    assert [tri._candidates(k, D, 90, fp32, alibi)[0] for k in ("fwd", "dkdv", "dq")] == [cf, ck, cq]
+                    every = [(c, keys) for kind, keys in (("fwd", fwd), ("dkdv", kv), ("dq", dq))
+                             for c in tri._candidates(kind, D, 90, fp32, alibi)]
+                    for cfg, keys in every:
                         # HEAD_DIM only matters through EVEN_D (HEAD_DIM == BLOCK_D) and masks
                         Drep = bd if D == bd else tri._HEAD_DIMS[bd][1]
                         cons = dict(N_REP=1, HEAD_DIM=Drep, BLOCK_D=bd, BLOCK_M=cfg["BLOCK_M"],
                                     BLOCK_N=cfg["BLOCK_N"], CAUSAL=causal, HAS_ALIBI=alibi, IEEE=fp32)
                         key = (tuple(sorted(cons.items())), cfg["num_warps"], cfg["num_stages"])
                         assert key in keys, (D, dt, causal, alibi, cfg)
+
+
+def test_attention_autotuner_configs():
+    """On CUDA the launchers go through triton.autotune over _candidates (built lazily, never in
+    the interpreter); the configs it holds are exactly the listed candidates."""
+    from omicskern.ops.attention import triton as tri
+
+    tuner = tri._tuned("fwd", tri._attention_fwd_kernel, 128, 90, False, False)
+    got = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in tuner.configs]
+    assert got == tri._candidates("fwd", 128, 90, False, False) and len(got) == 3
+    assert not tri.autotune_enabled(torch.device("cpu"))
 
 
 def test_every_fftconv_plan_is_listed():

@@ -366,6 +366,62 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
             dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))
 
 
+# Autotuning (CUDA only; the interpreter keeps the fixed table above): per (kernel, head-dim class,
+# ALiBi) the table's entry first, then these alternatives; triton.autotune benchmarks them on the
+# first call for each (HEAD_DIM, N_REP, CAUSAL) and caches the choice for the process. Every
+# candidate is in sm90_launches, so the sm_90 compile check covers it (all compile spill-free).
+# dK/dV has no alternatives: every wider tile spills on sm_90 (docs/attention.md).
+_C = lambda m, n, w, st: dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)  # noqa: E731
+_ALTERNATIVES = {
+    ("fwd", 64, False): [_C(128, 128, 8, 2), _C(64, 64, 4, 3)],
+    ("fwd", 64, True): [_C(128, 64, 8, 2), _C(64, 64, 4, 3)],
+    ("fwd", 128, False): [_C(128, 64, 8, 3), _C(128, 64, 8, 2)],
+    ("fwd", 128, True): [_C(128, 64, 8, 2), _C(64, 64, 4, 3)],
+    ("dq", 64, False): [_C(64, 64, 4, 2)], ("dq", 64, True): [_C(64, 64, 4, 2)],
+    ("dq", 128, False): [_C(64, 32, 4, 3)], ("dq", 128, True): [_C(64, 32, 4, 3)],
+}
+_TUNERS: dict = {}
+
+
+def autotune_enabled(device: torch.device) -> bool:
+    """Autotune on CUDA unless ``OMICSKERN_ATTENTION_AUTOTUNE=0`` (never in the interpreter)."""
+    return (device.type == "cuda" and not backends.triton_interpret()
+            and os.environ.get("OMICSKERN_ATTENTION_AUTOTUNE", "1") != "0")
+
+
+def _candidates(kind: str, D: int, sm: int, fp32: bool, alibi: bool) -> list[dict]:
+    """Launch configs the autotuner may choose for kernel ``kind`` ("fwd", "dkdv", "dq"); the
+    fixed table's entry first (the only one for fp32, sm < 90 and head-dim classes 16/32/256)."""
+    kv, dq = _bwd_config(D, False, sm, fp32)
+    table = {"fwd": _fwd_config(D, False, sm, fp32, alibi), "dkdv": kv, "dq": dq}[kind]
+    if fp32 or sm < 90:
+        return [table]
+    alt = _ALTERNATIVES.get((kind, _block_d(D), alibi), [])
+    out = [table] + [c for c in alt if c != table]
+    assert kind != "fwd" or all(c["BLOCK_M"] % c["BLOCK_N"] == 0 for c in out)
+    return out
+
+
+def _tuned(kind, fn, D, sm, fp32, alibi):
+    key = (kind, _block_d(D), sm, fp32, alibi)
+    if key not in _TUNERS:
+        configs = [triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]},
+                                 num_warps=c["num_warps"], num_stages=c["num_stages"])
+                   for c in _candidates(kind, D, sm, fp32, alibi)]
+        _TUNERS[key] = triton.autotune(configs=configs, key=["HEAD_DIM", "N_REP", "CAUSAL"])(fn)
+    return _TUNERS[key]
+
+
+def _launch(kind, fn, device, D, fp32, alibi, cfg, grid_of, args, consts):
+    """Launch ``fn`` with the fixed config ``cfg`` or, on CUDA, through its autotuner;
+    ``grid_of(BLOCK_M, BLOCK_N)`` gives the grid."""
+    if autotune_enabled(device):
+        _tuned(kind, fn, D, _sm(device), fp32, alibi)[
+            lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
+    else:
+        fn[grid_of(cfg["BLOCK_M"], cfg["BLOCK_N"])](*args, **consts, **cfg)
+
+
 def _sm(device: torch.device) -> int:
     if device.type != "cuda":
         return 90
@@ -408,13 +464,13 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
         raise ValueError(f"attention(backend='triton'): a sequence of {max_seqlen} rows with row stride "
                          f"{max(q.stride(0), k.stride(0), v.stride(0))} overflows the kernels' 32-bit "
                          "in-sequence offsets; use backend='sdpa' or shorter sequences")
-    grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), H, N)
-    _attention_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0), softmax_scale * LOG2E,
-        N_REP=H // k.shape[1], HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
-        HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, **cfg)
+    _launch("fwd", _attention_fwd_kernel, q.device, D, q.dtype == torch.float32, alibi_slopes is not None,
+            cfg, lambda bm, bn: (triton.cdiv(max_seqlen, bm), H, N),
+            (q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             out.stride(0), out.stride(1), lse.stride(0), softmax_scale * LOG2E),
+            dict(N_REP=H // k.shape[1], HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
+                 HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32))
     return out, lse
 
 
@@ -454,16 +510,19 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     common = dict(N_REP=H // Hk, HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
                   HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32)
     slopes = _dummy(alibi_slopes, q)
-    _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg_kv["BLOCK_N"]), H, N)](
-        q, k, v, do, lse, delta, dk_h, dv_h, cu_seqlens, slopes,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk_h.stride(0), dk_h.stride(1), dv_h.stride(0), dv_h.stride(1),
-        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common, **cfg_kv)
-    _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, cfg_q["BLOCK_M"]), H, N)](
-        q, k, v, do, lse, delta, dq, cu_seqlens, slopes,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common, **cfg_q)
+    fp32, alibi = q.dtype == torch.float32, alibi_slopes is not None
+    _launch("dkdv", _attention_bwd_dkdv_kernel, q.device, D, fp32, alibi, cfg_kv,
+            lambda bm, bn: (triton.cdiv(max_seqlen, bn), H, N),
+            (q, k, v, do, lse, delta, dk_h, dv_h, cu_seqlens, slopes,
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             do.stride(0), do.stride(1), dk_h.stride(0), dk_h.stride(1), dv_h.stride(0), dv_h.stride(1),
+             lse.stride(0), softmax_scale * LOG2E, softmax_scale), common)
+    _launch("dq", _attention_bwd_dq_kernel, q.device, D, fp32, alibi, cfg_q,
+            lambda bm, bn: (triton.cdiv(max_seqlen, bm), H, N),
+            (q, k, v, do, lse, delta, dq, cu_seqlens, slopes,
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+             lse.stride(0), softmax_scale * LOG2E, softmax_scale), common)
     if Hk == H:
         return dq, dk_h, dv_h
     return (dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype),
@@ -564,15 +623,16 @@ def sm90_launches(full: bool = True) -> list[dict]:
 
 def _launches_for(D, dt, tn, causal, alibi):
     fp32 = dt == torch.float32
-    cfg_kv, cfg_q = _bwd_config(D, False, 90, fp32)
     types = {n: f"*{tn}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
     types.update({n: "*fp32" for n in ("LSE", "SLOPES", "DELTA")}, CU="*i32", qk_scale="fp32",
                  sm_scale="fp32")
     tags = f"D{D} {tn}{' causal' if causal else ''}{' alibi' if alibi else ''}"
     out = []
-    for name, fn, cfg in (("fwd", _attention_fwd_kernel, _fwd_config(D, False, 90, fp32, alibi)),
-                          ("bwd_dkdv", _attention_bwd_dkdv_kernel, cfg_kv),
-                          ("bwd_dq", _attention_bwd_dq_kernel, cfg_q)):
+    cands = [(name, fn, cfg) for name, kind, fn in (("fwd", "fwd", _attention_fwd_kernel),
+                                                     ("bwd_dkdv", "dkdv", _attention_bwd_dkdv_kernel),
+                                                     ("bwd_dq", "dq", _attention_bwd_dq_kernel))
+             for cfg in _candidates(kind, D, 90, fp32, alibi)]
+    for name, fn, cfg in cands:
         cons = dict(N_REP=1, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=cfg["BLOCK_M"],
                     BLOCK_N=cfg["BLOCK_N"], CAUSAL=causal, HAS_ALIBI=alibi, IEEE=fp32)
         out.append(dict(kernel=name, fn=fn, types=types, constexprs=cons, num_warps=cfg["num_warps"],
