@@ -33,13 +33,25 @@ LN2 = 0.6931471805599453
 
 @triton.jit
 def _attention_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, lo, hi,
-                         qk_scale, slope,
+                         qk_scale, slope, m0,
                          BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                         CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+                         CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, ALIBI_FORM: tl.constexpr,
+                         IEEE: tl.constexpr):
     """Online-softmax accumulation over key blocks [lo, hi). K, V point at this sequence's first
     row and this kv head. MASKED=False is the fast path for blocks known to be entirely valid
-    (inside the sequence and, if causal, below the diagonal)."""
+    (inside the sequence and, if causal, below the diagonal).
+
+    ALiBi scores are shifted by the per-row constant c_i = slope (i - m0) (m0: the query block's
+    first row), which cancels in the softmax and is taken off the lse at the end. In that frame
+    a block entirely left of the query block (ALIBI_FORM 1: every key j < every query i) has
+    bias -slope (i - j) + c_i = slope (j - m0), a column vector: one FFMA per score; a block
+    entirely right of it (ALIBI_FORM 2) has slope (2 i - m0) - slope j, a row plus a column
+    vector; only blocks crossing the diagonal (ALIBI_FORM 0) need |i - j|."""
     offs_n = tl.arange(0, BLOCK_N)
+    if HAS_ALIBI:
+        fi = offs_m.to(tl.float32)
+        c_i = slope * (fi - m0)
+        row2 = slope * (2.0 * fi - m0)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k_ptrs = K + cols[:, None] * stride_kt + offs_d[None, :]
@@ -56,9 +68,15 @@ def _attention_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, o
         else:
             s = tl.dot(q, tl.trans(k))
         if HAS_ALIBI:
-            # Positions as floats (exact below 2**24): one FADD with |.| and one FFMA per score,
-            # instead of integer subtract/abs and a quarter-rate int->float conversion.
-            s = s * qk_scale - slope * tl.abs(offs_m.to(tl.float32)[:, None] - cols.to(tl.float32)[None, :])
+            # Positions as floats (exact below 2**24), no integer subtract/abs or quarter-rate
+            # int->float conversion per score.
+            fj = cols.to(tl.float32)
+            if ALIBI_FORM == 1:
+                s = s * qk_scale + (slope * (fj - m0))[None, :]
+            elif ALIBI_FORM == 2:
+                s = s * qk_scale + row2[:, None] - (slope * fj)[None, :]
+            else:
+                s = s * qk_scale - slope * tl.abs(fi[:, None] - fj[None, :]) + c_i[:, None]
             sc = 1.0
         else:
             sc = qk_scale  # folded into the exp2 argument: one FFMA per score, no separate multiply
@@ -132,17 +150,40 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
     # per-element 64-bit addresses cost enough registers to spill on sm_90.
     Kb = K + seq_start * stride_kt + kvh * stride_kh
     Vb = V + seq_start * stride_vt + kvh * stride_vh
+    m0 = start_m * BLOCK_M
+    m0f = m0.to(tl.float32)
+    ev = HEAD_DIM == BLOCK_D
+    if HAS_ALIBI:
+        # unmasked blocks split at the query block: left of it (column-vector ALiBi), crossing
+        # it, right of it (row + column vectors); causal has only the first kind unmasked
+        a = tl.minimum(m0, full_hi)
+        c = tl.minimum(m0 + BLOCK_M, full_hi)
+        acc, l_i, m_i = _attention_fwd_inner(
+            acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, a, qk_scale, slope,
+            m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=True, ALIBI_FORM=1, IEEE=IEEE)
+        if not CAUSAL:
+            acc, l_i, m_i = _attention_fwd_inner(
+                acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, a, c, qk_scale, slope,
+                m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=True, ALIBI_FORM=0, IEEE=IEEE)
+            acc, l_i, m_i = _attention_fwd_inner(
+                acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, c, full_hi, qk_scale,
+                slope, m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=True,
+                ALIBI_FORM=2, IEEE=IEEE)
+    else:
+        acc, l_i, m_i = _attention_fwd_inner(
+            acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope,
+            m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=False, ALIBI_FORM=0, IEEE=IEEE)
     acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope, BLOCK_N=BLOCK_N,
-        EVEN_D=HEAD_DIM == BLOCK_D, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
-    acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope, BLOCK_N=BLOCK_N,
-        EVEN_D=HEAD_DIM == BLOCK_D, MASKED=True, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope,
+        m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=True, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, ALIBI_FORM=0, IEEE=IEEE)
     out = acc / l_i[:, None]
     Ob = O + seq_start * stride_ot + h * stride_oh
     tl.store(Ob + offs_m[:, None] * stride_ot + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    lse2 = m_i + tl.math.log2(l_i)
+    if HAS_ALIBI:
+        lse2 = lse2 - slope * (offs_m.to(tl.float32) - m0f)  # undo the per-row shift c_i
+    lse = lse2 * 0.6931471805599453
     tl.store(LSE + h * stride_lh + seq_start + offs_m, lse, mask=m_ok)
 
 
@@ -336,9 +377,9 @@ def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi
         if sm >= 90:
             # Hopper sweep (docs/attention.md): 128x128 on 8 warps with 2 stages (160 KiB shared,
             # 255 registers, no spills) halves the K/V passes per query block; with ALiBi it spills
-            # (48 B), so ALiBi keeps 128x64 with 3 stages (244 registers, no spills)
+            # (48 B), so ALiBi uses 128x64 with 2 stages (3 stages spill 24 B bidirectional)
             if alibi:
-                return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+                return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
             return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)  # D > 128: spills a little
@@ -376,7 +417,7 @@ _ALTERNATIVES = {
     ("fwd", 64, False): [_C(128, 128, 8, 2), _C(64, 64, 4, 3)],
     ("fwd", 64, True): [_C(128, 64, 8, 2), _C(64, 64, 4, 3)],
     ("fwd", 128, False): [_C(128, 64, 8, 3), _C(128, 64, 8, 2)],
-    ("fwd", 128, True): [_C(128, 64, 8, 2), _C(64, 64, 4, 3)],
+    ("fwd", 128, True): [],  # 128x64 with 3 stages and 64x64 on 4 warps spill
     ("dq", 64, False): [_C(64, 64, 4, 2)], ("dq", 64, True): [_C(64, 64, 4, 2)],
     ("dq", 128, False): [_C(64, 32, 4, 3)], ("dq", 128, True): [_C(64, 32, 4, 3)],
 }
