@@ -11,18 +11,22 @@ spectrum comes out in a permuted order, which is harmless because it is only mul
 pointwise by the filter's spectrum, prepared in the same order, before the inverse runs the
 steps backwards with conjugate matrices. Complex products are four real ``tl.dot``s.
 
-* N <= ``FUSED_MAX_N`` (8192, i.e. L <= 4096): one kernel per (b, h) row does load -> FFT ->
-  x filter spectrum -> inverse FFT -> gate -> store; nothing but u, gate and y touch memory.
-* larger N (to L = 2^20): N = P M with P >= 16; three kernels (the "four-step" FFT): an outer
-  P-point DFT over column blocks with twiddles into a scratch buffer, a per-(row, k_p) kernel
-  doing the inner M-point FFT, filter product and inverse with the two-level scheme above, and
-  the outer inverse with gate and output window. Rows are processed in chunks so the scratch
-  buffer stays bounded.
+* N <= ``FUSED_MAX_N`` (4096, i.e. L <= 2048): one kernel per job (a (b, h) row, or two batch
+  rows of one channel as real and imaginary parts) does load -> FFT -> x filter spectrum ->
+  inverse FFT -> gate -> store; nothing but u, gate and y touch memory.
+* larger N (to L = 2^20): N = P M with P >= 16; the "four-step" FFT: an outer P-point DFT over
+  column blocks with twiddles into a scratch buffer (further levels in place), a per-(job, k_p)
+  kernel doing the inner M-point FFT, filter product and inverse with the two-level scheme above,
+  and the outer inverse with gate and output window. Two rows per job here too; jobs in chunks
+  so the scratch buffer stays bounded.
+* jobs are h-major: consecutive programs share a channel's filter spectrum (L2 reuse).
 
-The filter's spectrum (one per h, or per (b, h)) is computed with ``torch.fft`` in fp32, scaled
-by 1/N, with the skip term D folded in as an extra tap, and gathered into the kernels' order.
-All products accumulate in fp32 (``tl.dot`` with ``input_precision="tf32x3"`` on GPU, close to
-fp32; plain fp32 in the interpreter).
+Precision: fp16 / bf16 inputs multiply operands in their own dtype with fp32 accumulation (one
+tensor-core MMA per real product; DFT matrices stored in that dtype, twiddles and elementwise work
+in fp32); fp32 inputs use fp32 operands (``tf32x3`` on GPU, ``ieee`` in the interpreter). DFT
+stages are unitary (F / sqrt(n)), so the filter spectrum (``torch.fft`` in fp32, the skip term D
+folded in as an extra tap, gathered into the kernels' order) is unscaled. The stated bound against
+torch.fft is in docs/fftconv.md ("Precision contract").
 """
 
 from __future__ import annotations
@@ -900,17 +904,16 @@ def sm90_launches(full: bool = True) -> list[dict]:
                             div16=["L", "sxb", "sxh", "smb", "smh"]))
             for om in (False, True):
                 for pair in (True, False):
-                    for ot in ((xt,) if True else ()):
-                        key = ("oinv", P, M, om, pair)
-                        if key not in seen:
-                            seen.add(key)
-                            out.append(dict(
-                                kernel="outer_inv", fn=_fft_conv_outer_inv_kernel,
-                                types=dict(bufr_ptr=st, bufi_ptr=st, out_ptr=ot, omul_ptr=xt, fp_ptr=mat, tw_ptr="*fp32"),
-                                constexprs=dict(P=P, M=M, BM=BM, HAS_OMUL=om, PAIR=pair, DT=DT, PREC=prec),
-                                num_warps=_outer_warps(P), num_stages=3, mma=mma,
-                                tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' omul' if om else ''}{' pair' if pair else ''}",
-                                div16=["L", "sob", "soh", "smb", "smh"]))
+                    key = ("oinv", P, M, om, pair)
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(dict(
+                            kernel="outer_inv", fn=_fft_conv_outer_inv_kernel,
+                            types=dict(bufr_ptr=st, bufi_ptr=st, out_ptr=xt, omul_ptr=xt, fp_ptr=mat, tw_ptr="*fp32"),
+                            constexprs=dict(P=P, M=M, BM=BM, HAS_OMUL=om, PAIR=pair, DT=DT, PREC=prec),
+                            num_warps=_outer_warps(P), num_stages=3, mma=mma,
+                            tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' omul' if om else ''}{' pair' if pair else ''}",
+                            div16=["L", "sob", "soh", "smb", "smh"]))
             # dk's final inverse: fp32 accumulators as scratch, fp32 output, no pairs
             key = ("oinv-dk", P, M)
             if key not in seen:
@@ -951,11 +954,12 @@ def sm90_launches(full: bool = True) -> list[dict]:
                                 tags=f"N{pl['N']} P{nseq} M{pl['M']} ({pl['N1']}x{pl['N2']}) {tn} mode{mode}"
                                      f"{' conj' if conj else ''}{' dk (fp32 acc)' if bt != st else ''}",
                                 div16=["spec_bstride"]))
-        if True:
+        for blk in sorted({min(ACC_BLOCK, n) for n in _fused_sizes()} | {ACC_BLOCK}):
             out.append(dict(kernel="dk_acc", fn=_cross_spectrum_acc_kernel,
-                            types=dict(ar_ptr=st, ai_ptr=st, br_ptr=st, bi_ptr=st, accr_ptr="*fp32", acci_ptr="*fp32"),
-                            constexprs=dict(BLOCK=ACC_BLOCK), num_warps=4, num_stages=3, mma=None,
-                            tags=f"{tn} scratch", div16=["N"]))
+                            types=dict(ar_ptr=st, ai_ptr=st, br_ptr=st, bi_ptr=st, accr_ptr="*fp32",
+                                       acci_ptr="*fp32"),
+                            constexprs=dict(BLOCK=blk), num_warps=4, num_stages=3, mma=None,
+                            tags=f"{tn} scratch{'' if blk == ACC_BLOCK else f' BLOCK{blk}'}", div16=["N"]))
     for la in out:
         # wgmma needs an M dimension of 64 per warpgroup: tiles with N1 < 64 rows use mma.sync
         if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse", "inner") and la["constexprs"]["N1"] < 64:
