@@ -442,12 +442,28 @@ def test_triton_gpu_block_config_in_interpreter(monkeypatch, D, lens, sm):
     from omicskern.ops.attention import triton as tri
 
     fwd, bwd = tri._fwd_config, tri._bwd_config
-    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32: fwd(d, False, sm, fp32))
+    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32, alibi=False: fwd(d, False, sm, fp32, alibi))
     monkeypatch.setattr(tri, "_bwd_config", lambda d, interpret, _sm, fp32: bwd(d, False, sm, fp32))
     q, k, v, kw = make_inputs(lens=lens, H=2, Hk=1, D=D)
     check_against_reference(q, k, v, kw, backend="triton", causal=True, alibi=True, dtype=torch.float32)
     q, k, v, kw = make_inputs(B=1, L=max(lens) - 1, H=1, D=D, dtype=torch.float16)
     check_against_reference(q, k, v, kw, backend="triton", causal=False, alibi=True, dtype=torch.float16)
+
+
+@needs_triton
+@pytest.mark.skipif(HAS_CUDA, reason="interpreter-only: runs the GPU block table through the interpreter")
+def test_triton_hopper_d128_table_in_interpreter(monkeypatch):
+    """The sm_90 D=128 entries without ALiBi: forward 128x128 (one key block per query block when
+    causal: the masked-only path), dQ 128x64, dK/dV 64x64; fp16, causal, a length that is not a
+    multiple of any block."""
+    from omicskern.ops.attention import triton as tri
+
+    fwd, bwd = tri._fwd_config, tri._bwd_config
+    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32, alibi=False: fwd(d, False, 90, fp32, alibi))
+    monkeypatch.setattr(tri, "_bwd_config", lambda d, interpret, _sm, fp32: bwd(d, False, 90, fp32))
+    assert fwd(128, False, 90, False, False)["BLOCK_N"] == 128
+    q, k, v, kw = make_inputs(lens=[1, 300], H=1, D=128, dtype=torch.float16)
+    check_against_reference(q, k, v, kw, backend="triton", causal=True, alibi=False, dtype=torch.float16)
 
 
 def test_flash_adapter_argument_mapping(monkeypatch):
@@ -491,65 +507,4 @@ def test_flash_adapter_argument_mapping(monkeypatch):
     assert calls == [("dense", 24), ("varlen", 32), ("varlen", 16)]
 
 
-_COMPILE_CHECK = r"""
-import os, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from omicskern.ops.attention import triton as tri
-
-bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-if not os.path.exists(os.path.join(bindir, "cuobjdump")):
-    print("SKIP: triton wheel without the CUDA toolchain"); sys.exit(0)
-cfg_kv, cfg_q = tri._bwd_config(128, False, 90)
-for name, fn, cfg in (("fwd", tri._attention_fwd_kernel, tri._fwd_config(128, False, 90)),
-                      ("dkdv", tri._attention_bwd_dkdv_kernel, cfg_kv), ("dq", tri._attention_bwd_dq_kernel, cfg_q)):
-    cons = dict(N_REP=2, HEAD_DIM=128, BLOCK_D=128, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                CAUSAL=True, HAS_ALIBI=True, IEEE=False)
-    sig = {}
-    for n in fn.arg_names:
-        if n in cons:
-            sig[n] = "constexpr"
-        elif n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"):
-            sig[n] = "*bf16"
-        elif n in ("LSE", "SLOPES", "DELTA"):
-            sig[n] = "*fp32"
-        else:
-            sig[n] = {"CU": "*i32", "qk_scale": "fp32", "sm_scale": "fp32"}.get(n, "i32")
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in cons.items()})
-    try:
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
-    except RuntimeError as e:
-        if "ptxas" in str(e).lower():
-            print("SKIP: ptxas unavailable"); sys.exit(0)
-        raise
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"]); f.flush()
-        usage = subprocess.run([os.path.join(bindir, "cuobjdump"), "--dump-resource-usage", f.name],
-                               capture_output=True, text=True, check=True).stdout
-    line = [l.strip() for l in usage.splitlines() if "REG:" in l][0]
-    print(name, "wgmma" in k.asm["ptx"], line)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not backends.has_triton(), reason="triton not installed")
-def test_kernels_compile_for_sm90_without_spills():
-    """No GPU is needed to compile: Triton's bundled ptxas builds the sm_90 cubins of the launch
-    table's D=128 entries (bf16, causal, ALiBi, GQA) -- compiled-mode code the interpreter never
-    runs -- and cuobjdump shows their register/stack use (stack > 0 = register spills)."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if r.stdout.startswith("SKIP"):
-        pytest.skip(r.stdout.strip())
-    lines = r.stdout.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["fwd", "dkdv", "dq"], r.stdout
-    for ln in lines:
-        assert " True " in ln, f"no wgmma (Hopper tensor cores) in {ln}"
-        assert "STACK:0 " in ln, f"register spills: {ln}"
+# The sm_90 compile check of every launched configuration: tests/ops/test_sm90_compile.py.

@@ -237,6 +237,57 @@ def test_triton_four_step(monkeypatch, B, H, L, causal, k_batched):
 
 
 @needs_triton
+def test_triton_four_step_paired_rows(monkeypatch):
+    """The large-N path with a shared filter and odd B: rows (0, 1) of each channel in one complex
+    transform, row 2 alone in the last pair (forward, du, dgate; dk/dbias from paired spectra
+    summed over the batch by the accumulation kernel)."""
+    from omicskern.ops.fftconv import triton as tk
+
+    monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
+    _check_triton(3, 2, 300, F16, False, seed=7)
+
+
+# Precision contract of the fp16 / bf16 kernels (docs/fftconv.md): max error against the fp64
+# reference <= FACTOR x the max error of torch.fft run in fp32 on the same rounded inputs with the
+# result rounded to the input dtype (what HyenaDNA's fftconv returns). Per path: the fused kernel
+# rounds operands twice per transform, the multi-level path three times (bf16's 8-bit mantissa
+# makes each rounding count; fp16's output rounding dominates).
+PRECISION_FACTOR = {(F16, True): 3.0, (F16, False): 3.0, (BF16, True): 6.0, (BF16, False): 16.0}
+
+
+def _torch_fp32_rounded(u, k, b, g, causal):
+    L = u.shape[-1]
+    n = 2 * L if causal else 2 * (2 * L - 1)
+    kk = k.float().clone()
+    kk[..., 0 if causal else L - 1] += b.float()
+    y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(kk, n=n), n=n)
+    y = y[..., :L] if causal else y[..., L - 1:2 * L - 1]
+    return (y * g.float()).to(u.dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("fused,B,L,causal", [
+    pytest.param(True, 2, 1000, True, id="fused-B2-L1000-causal"),
+    pytest.param(False, 3, 300, False, id="fourstep-B3-L300-twosided")])
+def test_triton_half_precision_contract(monkeypatch, dtype, fused, B, L, causal):
+    """fp16 runs its real fp16 tl.dot in the interpreter (fp32 accumulation, as the GPU MMA);
+    bf16 operands are rounded to bf16 and multiplied in fp32 there (the interpreter's bf16 dot
+    is wrong), which is what the bf16 MMA computes."""
+    from omicskern.ops.fftconv import triton as tk
+
+    if not fused:
+        monkeypatch.setattr(tk, "FUSED_MAX_N", 256)
+    assert tk.plan(L)["fused"] == fused
+    u, k, b, g = make_inputs(B, 2, L, dtype, causal=causal, seed=L)
+    y = fft_conv(u, k, b, gate=g, causal=causal, backend="triton")
+    ref = fft_conv_ref(u, k, b, g, causal)
+    base = _numerics.max_error(_torch_fp32_rounded(u, k, b, g, causal), ref)
+    err = _numerics.max_error(y, ref)
+    assert err <= PRECISION_FACTOR[dtype, fused] * base, (err, base)
+
+
+@needs_triton
 def test_triton_two_outer_levels(monkeypatch):
     """Two outer levels (16 x 16 x 256 = 65536), forced at small sizes: the 1M-token layout."""
     from omicskern.ops.fftconv import triton as tk

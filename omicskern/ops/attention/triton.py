@@ -18,6 +18,7 @@ with fake implementations, so ``torch.compile`` traces through them.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -32,13 +33,25 @@ LN2 = 0.6931471805599453
 
 @triton.jit
 def _attention_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, lo, hi,
-                         qk_scale, slope,
+                         qk_scale, slope, m0,
                          BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                         CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+                         CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, ALIBI_FORM: tl.constexpr,
+                         IEEE: tl.constexpr):
     """Online-softmax accumulation over key blocks [lo, hi). K, V point at this sequence's first
     row and this kv head. MASKED=False is the fast path for blocks known to be entirely valid
-    (inside the sequence and, if causal, below the diagonal)."""
+    (inside the sequence and, if causal, below the diagonal).
+
+    ALiBi scores are shifted by the per-row constant c_i = slope (i - m0) (m0: the query block's
+    first row), which cancels in the softmax and is taken off the lse at the end. In that frame
+    a block entirely left of the query block (ALIBI_FORM 1: every key j < every query i) has
+    bias -slope (i - j) + c_i = slope (j - m0), a column vector: one FFMA per score; a block
+    entirely right of it (ALIBI_FORM 2) has slope (2 i - m0) - slope j, a row plus a column
+    vector; only blocks crossing the diagonal (ALIBI_FORM 0) need |i - j|."""
     offs_n = tl.arange(0, BLOCK_N)
+    if HAS_ALIBI:
+        fi = offs_m.to(tl.float32)
+        c_i = slope * (fi - m0)
+        row2 = slope * (2.0 * fi - m0)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         k_ptrs = K + cols[:, None] * stride_kt + offs_d[None, :]
@@ -54,19 +67,28 @@ def _attention_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, o
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale
         if HAS_ALIBI:
-            # Positions as floats (exact below 2**24): one FADD with |.| and one FFMA per score,
-            # instead of integer subtract/abs and a quarter-rate int->float conversion.
-            s = s - slope * tl.abs(offs_m.to(tl.float32)[:, None] - cols.to(tl.float32)[None, :])
+            # Positions as floats (exact below 2**24), no integer subtract/abs or quarter-rate
+            # int->float conversion per score.
+            fj = cols.to(tl.float32)
+            if ALIBI_FORM == 1:
+                s = s * qk_scale + (slope * (fj - m0))[None, :]
+            elif ALIBI_FORM == 2:
+                s = s * qk_scale + row2[:, None] - (slope * fj)[None, :]
+            else:
+                s = s * qk_scale - slope * tl.abs(fi[:, None] - fj[None, :]) + c_i[:, None]
+            sc = 1.0
+        else:
+            sc = qk_scale  # folded into the exp2 argument: one FFMA per score, no separate multiply
         if MASKED:
             keep = (cols < L)[None, :]
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None])
             s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # qk_scale > 0, so max(s) * sc = max(s * sc); m_i is kept in scaled (log2) units
+        m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+        p = tl.math.exp2(s * sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if MASKED:
             v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
@@ -128,18 +150,56 @@ def _attention_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES,
     # per-element 64-bit addresses cost enough registers to spill on sm_90.
     Kb = K + seq_start * stride_kt + kvh * stride_kh
     Vb = V + seq_start * stride_vt + kvh * stride_vh
+    m0 = start_m * BLOCK_M
+    m0f = m0.to(tl.float32)
+    ev = HEAD_DIM == BLOCK_D
+    if HAS_ALIBI:
+        # unmasked blocks split at the query block: left of it (column-vector ALiBi), crossing
+        # it, right of it (row + column vectors); causal has only the first kind unmasked
+        a = tl.minimum(m0, full_hi)
+        c = tl.minimum(m0 + BLOCK_M, full_hi)
+        acc, l_i, m_i = _attention_fwd_inner(
+            acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, a, qk_scale, slope,
+            m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=True, ALIBI_FORM=1, IEEE=IEEE)
+        if not CAUSAL:
+            acc, l_i, m_i = _attention_fwd_inner(
+                acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, a, c, qk_scale, slope,
+                m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=True, ALIBI_FORM=0, IEEE=IEEE)
+            acc, l_i, m_i = _attention_fwd_inner(
+                acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, c, full_hi, qk_scale,
+                slope, m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=True,
+                ALIBI_FORM=2, IEEE=IEEE)
+    else:
+        acc, l_i, m_i = _attention_fwd_inner(
+            acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope,
+            m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=False, ALIBI_FORM=0, IEEE=IEEE)
     acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, 0, full_hi, qk_scale, slope, BLOCK_N=BLOCK_N,
-        EVEN_D=HEAD_DIM == BLOCK_D, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
-    acc, l_i, m_i = _attention_fwd_inner(
-        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope, BLOCK_N=BLOCK_N,
-        EVEN_D=HEAD_DIM == BLOCK_D, MASKED=True, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+        acc, l_i, m_i, q, Kb, Vb, stride_kt, stride_vt, offs_m, offs_d, d_ok, L, full_hi, hi, qk_scale, slope,
+        m0f, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=True, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, ALIBI_FORM=0, IEEE=IEEE)
     out = acc / l_i[:, None]
     Ob = O + seq_start * stride_ot + h * stride_oh
     tl.store(Ob + offs_m[:, None] * stride_ot + offs_d[None, :],
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    lse2 = m_i + tl.math.log2(l_i)
+    if HAS_ALIBI:
+        lse2 = lse2 - slope * (offs_m.to(tl.float32) - m0f)  # undo the per-row shift c_i
+    lse = lse2 * 0.6931471805599453
     tl.store(LSE + h * stride_lh + seq_start + offs_m, lse, mask=m_ok)
+
+
+@triton.jit
+def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
+                                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """delta[h, t] = sum_d dO[t, h, d] O[t, h, d] in fp32 (read once in the input dtype, no fp32
+    copies of dO and O)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    m = (offs_t < T)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    rows = offs_t.to(tl.int64)[:, None]
+    o = tl.load(O + rows * stride_ot + h * stride_oh + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows * stride_dot + h * stride_doh + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(DELTA + h * stride_lh + offs_t, tl.sum(o * do, 1), mask=offs_t < T)
 
 
 @triton.jit
@@ -296,11 +356,17 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
 # the sm_90 ones spill); they are not tuned for speed.
 
 
+def poison_outputs() -> bool:
+    """NaN-fill outputs before the kernels run, so an unwritten element fails the tests: in the
+    interpreter (tests) or with ``OMICSKERN_DEBUG_POISON=1`` only (on GPU it is a full extra write)."""
+    return os.environ.get("OMICSKERN_DEBUG_POISON", "") == "1" or backends.triton_interpret()
+
+
 def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> dict:
+def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi: bool = False) -> dict:
     if interpret:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
     if fp32:  # IEEE fp32 dots run on FMA units, not tensor cores: small tiles (a correctness path)
@@ -309,7 +375,12 @@ def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> di
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
     if _block_d(D) <= 128:
         if sm >= 90:
-            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+            # Hopper sweep (docs/attention.md): 128x128 on 8 warps with 2 stages (160 KiB shared,
+            # 255 registers, no spills) halves the K/V passes per query block; with ALiBi it spills
+            # (48 B), so ALiBi uses 128x64 with 2 stages (3 stages spill 24 B bidirectional)
+            if alibi:
+                return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+            return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)  # D > 128: spills a little
 
@@ -329,9 +400,67 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
     if _block_d(D) <= 128:
         kv = dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2) if sm >= 90 else \
             dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
+        if sm >= 90:  # dQ at 128x64 on 8 warps: 235 registers with ALiBi, no spills
+            return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
         return kv, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     return (dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1),
             dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))
+
+
+# Autotuning (CUDA only; the interpreter keeps the fixed table above): per (kernel, head-dim class,
+# ALiBi) the table's entry first, then these alternatives; triton.autotune benchmarks them on the
+# first call for each (HEAD_DIM, N_REP, CAUSAL) and caches the choice for the process. Every
+# candidate is in sm90_launches, so the sm_90 compile check covers it (all compile spill-free).
+# dK/dV has no alternatives: every wider tile spills on sm_90 (docs/attention.md).
+_C = lambda m, n, w, st: dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)  # noqa: E731
+_ALTERNATIVES = {
+    ("fwd", 64, False): [_C(128, 128, 8, 2), _C(64, 64, 4, 3)],
+    ("fwd", 64, True): [_C(128, 64, 8, 2), _C(64, 64, 4, 3)],
+    ("fwd", 128, False): [_C(128, 64, 8, 3), _C(128, 64, 8, 2)],
+    ("fwd", 128, True): [],  # 128x64 with 3 stages and 64x64 on 4 warps spill
+    ("dq", 64, False): [_C(64, 64, 4, 2)], ("dq", 64, True): [_C(64, 64, 4, 2)],
+    ("dq", 128, False): [_C(64, 32, 4, 3)], ("dq", 128, True): [_C(64, 32, 4, 3)],
+}
+_TUNERS: dict = {}
+
+
+def autotune_enabled(device: torch.device) -> bool:
+    """Autotune on CUDA unless ``OMICSKERN_ATTENTION_AUTOTUNE=0`` (never in the interpreter)."""
+    return (device.type == "cuda" and not backends.triton_interpret()
+            and os.environ.get("OMICSKERN_ATTENTION_AUTOTUNE", "1") != "0")
+
+
+def _candidates(kind: str, D: int, sm: int, fp32: bool, alibi: bool) -> list[dict]:
+    """Launch configs the autotuner may choose for kernel ``kind`` ("fwd", "dkdv", "dq"); the
+    fixed table's entry first (the only one for fp32, sm < 90 and head-dim classes 16/32/256)."""
+    kv, dq = _bwd_config(D, False, sm, fp32)
+    table = {"fwd": _fwd_config(D, False, sm, fp32, alibi), "dkdv": kv, "dq": dq}[kind]
+    if fp32 or sm < 90:
+        return [table]
+    alt = _ALTERNATIVES.get((kind, _block_d(D), alibi), [])
+    out = [table] + [c for c in alt if c != table]
+    assert kind != "fwd" or all(c["BLOCK_M"] % c["BLOCK_N"] == 0 for c in out)
+    return out
+
+
+def _tuned(kind, fn, D, sm, fp32, alibi):
+    key = (kind, _block_d(D), sm, fp32, alibi)
+    if key not in _TUNERS:
+        configs = [triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]},
+                                 num_warps=c["num_warps"], num_stages=c["num_stages"])
+                   for c in _candidates(kind, D, sm, fp32, alibi)]
+        _TUNERS[key] = triton.autotune(configs=configs, key=["HEAD_DIM", "N_REP", "CAUSAL"])(fn)
+    return _TUNERS[key]
+
+
+def _launch(kind, fn, device, D, fp32, alibi, cfg, grid_of, args, consts):
+    """Launch ``fn`` with the fixed config ``cfg`` or, on CUDA, through its autotuner;
+    ``grid_of(BLOCK_M, BLOCK_N)`` gives the grid."""
+    if autotune_enabled(device):
+        _tuned(kind, fn, D, _sm(device), fp32, alibi)[
+            lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
+    else:
+        fn[grid_of(cfg["BLOCK_M"], cfg["BLOCK_N"])](*args, **consts, **cfg)
 
 
 def _sm(device: torch.device) -> int:
@@ -361,24 +490,28 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     Returns (out [T, H, D], lse float32 [H, T], natural log)."""
     T, H, D = q.shape
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
-    out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
-    lse = torch.full((H, T), float("nan"), device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((H, T), device=q.device, dtype=torch.float32)
+    if poison_outputs():
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
     N = cu_seqlens.numel() - 1
     if T == 0 or N == 0 or max_seqlen == 0:
         return out, lse
-    cfg = _fwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
+    cfg = _fwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32,
+                      alibi=alibi_slopes is not None)
     assert cfg["BLOCK_M"] % cfg["BLOCK_N"] == 0  # the forward's unmasked/masked split relies on it
     if max_seqlen * max(q.stride(0), k.stride(0), v.stride(0), out.stride(0)) >= 2**31:
         raise ValueError(f"attention(backend='triton'): a sequence of {max_seqlen} rows with row stride "
                          f"{max(q.stride(0), k.stride(0), v.stride(0))} overflows the kernels' 32-bit "
                          "in-sequence offsets; use backend='sdpa' or shorter sequences")
-    grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), H, N)
-    _attention_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0), softmax_scale * LOG2E,
-        N_REP=H // k.shape[1], HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
-        HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, **cfg)
+    _launch("fwd", _attention_fwd_kernel, q.device, D, q.dtype == torch.float32, alibi_slopes is not None,
+            cfg, lambda bm, bn: (triton.cdiv(max_seqlen, bm), H, N),
+            (q, k, v, out, lse, cu_seqlens, _dummy(alibi_slopes, q),
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             out.stride(0), out.stride(1), lse.stride(0), softmax_scale * LOG2E),
+            dict(N_REP=H // k.shape[1], HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
+                 HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32))
     return out, lse
 
 
@@ -397,30 +530,40 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     T, H, D = q.shape
     Hk = k.shape[1]
     q, k, v, do = (_last_dim_contiguous(t) for t in (q, k, v, do))
-    dq = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     # Grouped heads: per-query-head dK/dV in float32, summed over each group below.
     gdt = q.dtype if Hk == H else torch.float32
-    dk_h = torch.full((T, H, D), float("nan"), device=q.device, dtype=gdt)
-    dv_h = torch.full((T, H, D), float("nan"), device=q.device, dtype=gdt)
+    dk_h = torch.empty((T, H, D), device=q.device, dtype=gdt)
+    dv_h = torch.empty((T, H, D), device=q.device, dtype=gdt)
+    if poison_outputs():
+        for t in (dq, dk_h, dv_h):
+            t.fill_(float("nan"))
     N = cu_seqlens.numel() - 1
     if T == 0 or N == 0 or max_seqlen == 0:
         return dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype), dv_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype)
-    delta = (do.float() * out.float()).sum(-1).transpose(0, 1).contiguous()  # [H, T]
+    delta = torch.empty(H, T, device=q.device, dtype=torch.float32)
+    out = _last_dim_contiguous(out)
+    _attention_bwd_delta_kernel[(triton.cdiv(T, 64), H)](
+        out, do, delta, T, out.stride(0), out.stride(1), do.stride(0), do.stride(1), delta.stride(0),
+        HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_T=64, num_warps=4)
     lse = lse.contiguous()
     cfg_kv, cfg_q = _bwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
     common = dict(N_REP=H // Hk, HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
                   HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32)
     slopes = _dummy(alibi_slopes, q)
-    _attention_bwd_dkdv_kernel[(triton.cdiv(max_seqlen, cfg_kv["BLOCK_N"]), H, N)](
-        q, k, v, do, lse, delta, dk_h, dv_h, cu_seqlens, slopes,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk_h.stride(0), dk_h.stride(1), dv_h.stride(0), dv_h.stride(1),
-        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common, **cfg_kv)
-    _attention_bwd_dq_kernel[(triton.cdiv(max_seqlen, cfg_q["BLOCK_M"]), H, N)](
-        q, k, v, do, lse, delta, dq, cu_seqlens, slopes,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        lse.stride(0), softmax_scale * LOG2E, softmax_scale, **common, **cfg_q)
+    fp32, alibi = q.dtype == torch.float32, alibi_slopes is not None
+    _launch("dkdv", _attention_bwd_dkdv_kernel, q.device, D, fp32, alibi, cfg_kv,
+            lambda bm, bn: (triton.cdiv(max_seqlen, bn), H, N),
+            (q, k, v, do, lse, delta, dk_h, dv_h, cu_seqlens, slopes,
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             do.stride(0), do.stride(1), dk_h.stride(0), dk_h.stride(1), dv_h.stride(0), dv_h.stride(1),
+             lse.stride(0), softmax_scale * LOG2E, softmax_scale), common)
+    _launch("dq", _attention_bwd_dq_kernel, q.device, D, fp32, alibi, cfg_q,
+            lambda bm, bn: (triton.cdiv(max_seqlen, bm), H, N),
+            (q, k, v, do, lse, delta, dq, cu_seqlens, slopes,
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+             do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+             lse.stride(0), softmax_scale * LOG2E, softmax_scale), common)
     if Hk == H:
         return dq, dk_h, dv_h
     return (dq, dk_h.view(T, Hk, H // Hk, D).sum(2).to(q.dtype),
@@ -484,3 +627,57 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
                              v.reshape(B * L, Hk, D)[idx], cu, slopes, max_len, causal, scale)
     out = out_p.new_zeros(B * L, H, D).index_copy(0, idx, out_p)
     return out.view(B, L, H, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every configuration the dispatch above can launch on sm_90, for the compile check
+# (benchmarks/sm90_compile_check.py, tests/ops/test_sm90_compile.py).
+
+_HEAD_DIMS = {16: (16, 8), 32: (32, 24), 64: (64, 40), 128: (128, 80), 256: (256, 200)}
+_TRI = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def sm90_launches(full: bool = True) -> list[dict]:
+    """Launch descriptions (kernel, argument types, constexprs, warps, stages, expected MMA) of
+    every (head dim class, padded head dim, dtype, causal, ALiBi) the sm_90 dispatch can choose;
+    ``full=False``: bf16 D=128 (causal + ALiBi, the largest tiles), bf16 D=64 and fp32 D=64."""
+    out = []
+    for bd, dims in _HEAD_DIMS.items():
+        for D in dims:
+            for dt, tn in _TRI.items():
+                for causal in (False, True):
+                    for alibi in (False, True):
+                        rep = (D == bd and causal and alibi and dt == torch.bfloat16 and bd in (64, 128)) \
+                            or (dt == torch.float32 and D == 64 and causal and alibi)
+                        if not full and not rep:
+                            continue
+                        out += _launches_for(D, dt, tn, causal, alibi)
+            for dt, tn in _TRI.items():
+                if full or (D == 128 and dt == torch.bfloat16):
+                    out.append(dict(kernel="bwd_delta", fn=_attention_bwd_delta_kernel,
+                                    types=dict(O=f"*{tn}", DO=f"*{tn}", DELTA="*fp32"),
+                                    constexprs=dict(HEAD_DIM=D, BLOCK_D=bd, BLOCK_T=64), num_warps=4,
+                                    num_stages=3, mma=None, tags=f"D{D} {tn}",
+                                    div16=["stride_ot", "stride_oh", "stride_dot", "stride_doh"]))
+    return out
+
+
+def _launches_for(D, dt, tn, causal, alibi):
+    fp32 = dt == torch.float32
+    types = {n: f"*{tn}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+    types.update({n: "*fp32" for n in ("LSE", "SLOPES", "DELTA")}, CU="*i32", qk_scale="fp32",
+                 sm_scale="fp32")
+    tags = f"D{D} {tn}{' causal' if causal else ''}{' alibi' if alibi else ''}"
+    out = []
+    cands = [(name, fn, cfg) for name, kind, fn in (("fwd", "fwd", _attention_fwd_kernel),
+                                                     ("bwd_dkdv", "dkdv", _attention_bwd_dkdv_kernel),
+                                                     ("bwd_dq", "dq", _attention_bwd_dq_kernel))
+             for cfg in _candidates(kind, D, 90, fp32, alibi)]
+    for name, fn, cfg in cands:
+        cons = dict(N_REP=1, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=cfg["BLOCK_M"],
+                    BLOCK_N=cfg["BLOCK_N"], CAUSAL=causal, HAS_ALIBI=alibi, IEEE=fp32)
+        out.append(dict(kernel=name, fn=fn, types=types, constexprs=cons, num_warps=cfg["num_warps"],
+                        num_stages=cfg["num_stages"], mma=None if fp32 else "wgmma",
+                        tags=f"{tags} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}",
+                        div16=[n for n in fn.arg_names if n.startswith("stride_")]))
+    return out
