@@ -11,8 +11,9 @@ is that run's alone), implementations alternated (A B A B ...) so that a busy ma
   Python ``dict`` character lookup for HyenaDNA's char vocabulary) -> padded batches of 8 windows ->
   the reference model path (DNABERT-2: one ``[B, H, L, L]`` ALiBi + mask bias tensor and dense
   softmax, :func:`omicskern.models.dnabert2.dnabert2_padded_reference`; HyenaDNA: its own
-  ``torch.fft`` convolution at 2L in fp32 with separate bias and gate ops) -> mean over real
-  tokens -> ``np.save`` of the stacked embeddings.
+  ``torch.fft`` convolution at 2L in fp32 with separate bias and gate ops, and its short filter as
+  the grouped ``nn.Conv1d`` it builds) -> mean over real tokens -> ``np.save`` of the stacked
+  embeddings.
 
 Cases: E. coli K-12 with the built-in HyenaDNA (``omicskern.load("builtin")``; a random HyenaDNA of
 the same shape if the built-in is not there), P. falciparum with a DNABERT-2-shaped model with
@@ -122,6 +123,11 @@ def _user_loop(case: dict) -> dict:
         # the gate, as separate ops (this process only runs the user loop)
         hy.fft_conv = lambda u, k, bias=None, *, gate=None, causal=True, backend=None: fft_conv_hyenadna_ref(
             u, k, bias, gate=gate)
+        # and its short filter as HyenaDNA builds it: nn.Conv1d(C, C, 3, groups=C, padding=2), cut to L
+        import torch.nn.functional as F
+
+        hy.causal_conv1d = lambda x, w, b=None, *, activation=None, backend=None: F.conv1d(
+            x, w.unsqueeze(1), b, padding=w.shape[1] - 1, groups=x.shape[1])[..., :x.shape[-1]]
 
         def run(batch):
             rows = [[cls] + [vocab.get(ch, vocab["N"]) for ch in s] + [sep] for s in batch]
@@ -161,10 +167,17 @@ def _omicskern(case: dict) -> dict:
             "input_wait_s": res.input_wait_s}
 
 
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return ru.ru_utime + ru.ru_stime
+
+
 def _child(impl: str, case_json: str) -> None:
     case = json.loads(Path(case_json).read_text())
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0 = _cpu_s()
     r = (_omicskern if impl == "omicskern" else _user_loop)(case)
+    r["cpu_s"] = _cpu_s() - c0  # includes model loading in both (small beside the job)
     r["peak_rss_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     print("RESULT " + json.dumps(r))
 
@@ -230,6 +243,7 @@ def main(argv=None) -> list[dict]:
                 for impl in ("omicskern", "user loop"):
                     runs[impl].append(_spawn(impl, cf))
             best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in runs.items()}
+            cpu = {k: min(r["cpu_s"] for r in v) for k, v in runs.items()}
             bp = best["omicskern"]["bases"]
             assert bp == best["user loop"]["bases"], (bp, best["user loop"]["bases"])
             rows.append({"suite": "pipelines", "case": f"embed-genome/{name}", "model": model_desc,
@@ -237,6 +251,8 @@ def main(argv=None) -> list[dict]:
                          "omicskern_bp_s": bp / best["omicskern"]["wall_s"],
                          "user_bp_s": bp / best["user loop"]["wall_s"],
                          "ratio": best["user loop"]["wall_s"] / best["omicskern"]["wall_s"],
+                         "omicskern_cpu_s": cpu["omicskern"], "user_cpu_s": cpu["user loop"],
+                         "cpu_ratio": cpu["user loop"] / cpu["omicskern"],
                          "omicskern_peak_mib": best["omicskern"]["peak_rss_mib"],
                          "user_peak_mib": best["user loop"]["peak_rss_mib"],
                          "model_share": best["omicskern"]["model_s"] / best["omicskern"]["wall_s"],
@@ -256,17 +272,18 @@ def _write(rows, dev, args) -> None:
              f"`python benchmarks/bench_embed_genome.py{' --quick' if args.quick else ''}` — best of {args.reps} "
              "alternated runs per implementation, each in its own process, same weights and windows. "
              + rows[0]["load"] if rows else "", "",
-             "| case | model | bases | window | omicskern kbp/s | user loop kbp/s | ratio | omicskern peak MiB | "
-             "user peak MiB | model share of omicskern wall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| case | model | bases | window | omicskern kbp/s | user loop kbp/s | wall ratio | CPU-time ratio | "
+             "omicskern peak MiB | user peak MiB | model share of omicskern wall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['model']} | {r['bases']:,} | {r['window']} | {r['omicskern_bp_s'] / 1e3:,.1f} | "
-                     f"{r['user_bp_s'] / 1e3:,.1f} | **{r['ratio']:.2f}x** | {r['omicskern_peak_mib']:,.0f} | "
+                     f"{r['user_bp_s'] / 1e3:,.1f} | **{r['ratio']:.2f}x** | {r['cpu_ratio']:.2f}x | {r['omicskern_peak_mib']:,.0f} | "
                      f"{r['user_peak_mib']:,.0f} | {r['model_share']:.0%} |")
     lines += ["", "user loop = pyfaidx + the reference tokenizer path (HF `tokenizers` for BPE, a Python dict for "
               "HyenaDNA's characters) + padded batches of 8 + the reference model path (bias-tensor ALiBi for "
-              "DNABERT-2, HyenaDNA's torch.fft convolution) + np.save. Ratios from alternated runs are the figures "
-              "to trust on a shared machine.", ""]
+              "DNABERT-2, HyenaDNA's torch.fft convolution) + np.save. wall ratio = user loop wall / omicskern wall "
+              "(best of the alternated runs); CPU-time ratio = the same with each process's CPU time (all threads), "
+              "the steadier figure on a shared machine.", ""]
     base.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
