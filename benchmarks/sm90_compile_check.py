@@ -46,6 +46,8 @@ if str(ROOT) not in sys.path:
 KERNEL_MODULES: dict[str, str] = {
     "attention": "omicskern.ops.attention.triton",
     "fft_conv": "omicskern.ops.fftconv.triton",
+    "selective_scan": "omicskern.ops.selective_scan.triton",
+    "rmsnorm": "omicskern.ops.rmsnorm.triton",
 }
 
 # A launch dict: op-local description of one compiled configuration.

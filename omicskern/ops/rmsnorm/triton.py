@@ -69,9 +69,13 @@ def _acc(x):
 
 
 def _blocks(R, C):
+    """(BLOCK_R, BLOCK_C, num_warps): a program holds ~2048 elements per tensor on 4 warps (16 per
+    thread; the backward keeps ~6 such tiles live), rows wider than that get 1 row and more warps.
+    At 8192 elements per program the sm_90 build spilled (0.1-1 KB at C = 256 and 1024)."""
     BC = triton.next_power_of_2(max(C, 1))
-    BR = max(1, min(64, 8192 // BC, triton.next_power_of_2(max(R, 1))))
-    return BR, BC
+    BR = max(1, min(64, 2048 // BC, triton.next_power_of_2(max(R, 1))))
+    warps = min(16, max(4, BC // 512))
+    return BR, BC, warps
 
 
 class RmsNormTritonFn(torch.autograd.Function):
@@ -87,10 +91,10 @@ class RmsNormTritonFn(torch.autograd.Function):
         # s is kept for the backward in the accumulation dtype (exact) unless it is returned
         s = torch.empty(R, C, dtype=sdt if return_residual else tacc, device=x.device)
         rstd = torch.empty(R, dtype=tacc, device=x.device)
-        BR, BC = _blocks(R, C)
+        BR, BC, warps = _blocks(R, C)
         _fwd_kernel[(triton.cdiv(R, BR),)](x2, r2 if r2 is not None else x2, weight.contiguous(), y, s, rstd, R, C,
                                            float(eps), HAS_RES=r2 is not None, STORE_S=True, BLOCK_R=BR,
-                                           BLOCK_C=BC, ACC=acc)
+                                           BLOCK_C=BC, ACC=acc, num_warps=warps)
         ctx.save_for_backward(s, weight, rstd)
         ctx.meta = (shape, residual is not None, return_residual)
         ctx.mark_non_differentiable(rstd)
@@ -105,11 +109,11 @@ class RmsNormTritonFn(torch.autograd.Function):
         dy2 = dy.reshape(R, C).contiguous()
         ds2 = ds.reshape(R, C).contiguous() if (return_residual and ds is not None) else None
         dx = torch.empty(R, C, dtype=dy.dtype, device=dy.device)
-        BR, BC = _blocks(R, C)
+        BR, BC, warps = _blocks(R, C)
         nprog = triton.cdiv(R, BR)
         dwp = torch.empty(nprog, C, dtype=tacc, device=dy.device)
         _bwd_kernel[(nprog,)](dy2, ds2 if ds2 is not None else dy2, s, weight.contiguous(), rstd, dx, dwp, R, C,
-                              HAS_DS=ds2 is not None, BLOCK_R=BR, BLOCK_C=BC, ACC=acc)
+                              HAS_DS=ds2 is not None, BLOCK_R=BR, BLOCK_C=BC, ACC=acc, num_warps=warps)
         dw = dwp.sum(0).to(weight.dtype)
         dx = dx.reshape(shape)
         return dx, dw, (dx if has_res else None), None, None, None
@@ -119,3 +123,27 @@ def rms_norm_triton(x, weight, residual=None, eps=1e-5, return_residual=False, r
     """Same contract as :func:`omicskern.ops.rmsnorm.rms_norm` (arguments validated)."""
     y, s = RmsNormTritonFn.apply(x, weight, residual, eps, return_residual, residual_dtype)
     return (y, s) if return_residual else y
+
+
+# -- the sm_90 compile check (benchmarks/sm90_compile_check.py, tests/ops/test_sm90_compile.py) -------
+def sm90_launches(full: bool = True) -> list[dict]:
+    """The forward (with and without the residual add) and backward launches for hidden sizes a
+    model uses (blocks and warps from :func:`_blocks` at many rows; 3 stages), per
+    dtype, accumulation in fp32. ``full=False``: bf16 at C = 256 (Caduceus PS) and 1024. No MMA."""
+    out = []
+    for C in ((128, 256, 512, 768, 1024, 2048, 4096, 8192) if full else (256, 1024, 8192)):
+        BR, BC, warps = _blocks(1 << 20, C)
+        for tn in (("bf16", "fp16", "fp32") if full else ("bf16",)):
+            for res in ((False, True) if full else (True,)):
+                out.append(dict(kernel="rmsnorm_fwd", fn=_fwd_kernel,
+                                types=dict(x_ptr=f"*{tn}", r_ptr=f"*{tn}", w_ptr=f"*{tn}", y_ptr=f"*{tn}",
+                                           s_ptr="*fp32", rstd_ptr="*fp32", eps="fp32"),
+                                constexprs=dict(HAS_RES=res, STORE_S=True, BLOCK_R=BR, BLOCK_C=BC, ACC=tl.float32),
+                                num_warps=warps, num_stages=3, mma=None,
+                                tags=f"C{C} {tn}{' +residual' if res else ''}"))
+            out.append(dict(kernel="rmsnorm_bwd", fn=_bwd_kernel,
+                            types=dict(dy_ptr=f"*{tn}", ds_ptr=f"*{tn}", s_ptr="*fp32", w_ptr=f"*{tn}",
+                                       rstd_ptr="*fp32", dx_ptr=f"*{tn}", dwp_ptr="*fp32"),
+                            constexprs=dict(HAS_DS=True, BLOCK_R=BR, BLOCK_C=BC, ACC=tl.float32),
+                            num_warps=warps, num_stages=3, mma=None, tags=f"C{C} {tn}"))
+    return out

@@ -339,3 +339,34 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                                             z.contiguous() if z is not None else None)
     del Dd
     return (out, last) if return_last_state else out
+
+
+# -- the sm_90 compile check (benchmarks/sm90_compile_check.py, tests/ops/test_sm90_compile.py) -------
+_F32_PTRS = ("A_ptr", "D_ptr", "hs_ptr", "last_ptr", "dlast_ptr", "dA_ptr", "dB_ptr", "dC_ptr", "dD_ptr")
+
+
+def sm90_launches(full: bool = True) -> list[dict]:
+    """The forward and backward launches the dispatch makes on sm_90 (compiled mode: the block
+    choice of :func:`_blocks` / :func:`_bwd_bd`, Triton's default 4 warps and 3 stages), per
+    activation dtype (A, D, states and parameter gradients stay fp32). ``full=False``: the
+    Caduceus-131k configuration (d_inner 512, N 16, L 131072, variable B/C, D, z) in bf16. FMA-only
+    kernels (the scan is elementwise + ``tl.associative_scan``): no MMA expected."""
+    import torch as _torch
+
+    dts = {"bf16": _torch.bfloat16, "fp16": _torch.float16, "fp32": _torch.float32}
+    shapes = [(512, 16, 131072)] + ([(256, 16, 1024), (1536, 16, 4096), (2048, 16, 131072), (512, 4, 131072)]
+                                    if full else [])
+    out = []
+    for H, N, L in shapes:
+        BD, BL, NP = _blocks(H, N, L, False)
+        for tn in (dts if full else ("bf16",)):
+            for var in ((True, False) if full else (True,)):
+                for name, fn in (("fwd", _fwd_kernel), ("bwd", _bwd_kernel)):
+                    bd = _bwd_bd(BD, BL, NP, False) if name == "bwd" else BD
+                    cons = dict(HAS_D=True, HAS_Z=True, VAR_B=var, VAR_C=var, HAS_DLAST=True, BD=bd, BL=BL, NP=NP)
+                    cons = {k: v for k, v in cons.items() if k in fn.arg_names}
+                    types = {n: ("*fp32" if n in _F32_PTRS else f"*{tn}") for n in fn.arg_names if n.endswith("_ptr")}
+                    out.append(dict(kernel=f"scan_{name}", fn=fn, types=types, constexprs=cons, num_warps=4,
+                                    num_stages=3, mma=None,
+                                    tags=f"d_inner {H} N{N} L{L} {tn}{' varBC' if var else ' fixedBC'}"))
+    return out
