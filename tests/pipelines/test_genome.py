@@ -18,22 +18,10 @@ import omicskern
 from omicskern.errors import JobMismatchError
 from omicskern.io.genome_store import GenomeEmbeddings, parse_region
 from omicskern.pipelines.genome import NPolicy, embed_genome
-from tests.models import _folders
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA = ROOT / "tests" / "data" / "lambda_phage.fa"
 _COMP = str.maketrans("ACGTN", "TGCAN")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMICSKERN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {name: getattr(_folders, name)(d / name) for name in ("hyenadna", "dnabert2")}
 
 
 def _fasta(path: Path, records: dict) -> Path:

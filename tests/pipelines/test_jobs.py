@@ -16,11 +16,6 @@ from omicskern.pipelines.units import WorkUnit, cell_units, fasta_units, split_b
 from omicskern.tokenizers import CharTokenizer, KmerTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMICSKERN_CACHE", str(tmp_path / "cache"))
-
-
 def _fasta(path, records):
     path.write_text("".join(f">{n}\n{s}\n" for n, s in records.items()))
     return path

@@ -24,11 +24,6 @@ from omicskern.tokenizers import KmerTokenizer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMICSKERN_CACHE", str(tmp_path / "cache"))
-
-
 def _reads(path, n, length=40, seed=0):
     rng = random.Random(seed)
     with open(path, "w") as f:

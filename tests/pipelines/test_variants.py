@@ -13,21 +13,9 @@ import torch
 
 import omicskern
 from omicskern.pipelines.variants import read_table, read_vcf, score_variants
-from tests.models import _folders
 
 HEADER = "##fileformat=VCFv4.2\n{contigs}#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
 _COMP = str.maketrans("ACGTN", "TGCAN")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OMICSKERN_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {n: getattr(_folders, n)(d / n) for n in ("hyenadna", "nucleotide_transformer", "dnabert2")}
 
 
 def _genome(tmp_path) -> tuple[Path, dict]:
