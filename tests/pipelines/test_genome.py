@@ -262,8 +262,9 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, folders):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     two = tmp_path / "two.zarr"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29500 + os.getpid() % 1000), "-m", "omicskern", *common, "--out", str(two)],
+    # --standalone: torchrun picks a free port for its rendezvous (no collisions between test runs)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "omicskern", *common, "--out", str(two)],
                        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "rank 0 of 2" in r.stderr

@@ -311,9 +311,8 @@ def test_resume_and_torchrun_equal_one_run(tmp_path, folders):
     assert part.read_bytes() == one.read_bytes()
     assert not work.exists()
     two = tmp_path / "two.tsv"
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(30500 + os.getpid() % 1000), "-m", "omicskern", "score-variants", "--fasta", str(fa),
-                        "--vcf", str(vcf), "--model", str(folders["hyenadna"]), "--out", str(two), "--window", "200",
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "omicskern", "score-variants", "--fasta", str(fa), "--vcf", str(vcf), "--model", str(folders["hyenadna"]), "--out", str(two), "--window", "200",
                         "--threads", "1", "--unit-variants", "7"], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert two.read_bytes() == one.read_bytes()
