@@ -568,12 +568,12 @@ def _prepare_store(out: Path, work: Path, key: JobKey, attrs, lay, c, sw, poolin
         if not overwrite:
             raise JobMismatchError(
                 f"{out} holds another job's embeddings ({JobKey.from_dict(old).differences(key) if old else 'unknown job'}); "
-                "use overwrite=True (--overwrite) or another output path")
+                "use overwrite=True or another output path")
         shutil.rmtree(out)
     elif out.exists() and any(out.iterdir()):
         if not overwrite:
             raise JobMismatchError(f"{out} is not empty and is not an embedding store; use overwrite=True "
-                                   "(--overwrite) or another output path")
+                                   "or another output path")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if work.exists():

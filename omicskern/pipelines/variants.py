@@ -320,7 +320,7 @@ def score_variants(fasta, vcf, model, out=None, *, scores: Sequence[str] | None 
         if out.exists() and not overwrite:
             from omicskern.errors import JobMismatchError
 
-            raise JobMismatchError(f"{out} exists; use overwrite=True (--overwrite) or another output path")
+            raise JobMismatchError(f"{out} exists; use overwrite=True or another output path")
     if unit_variants < 1:
         raise ValueError(f"unit_variants must be >= 1, got {unit_variants}")
     ranks = ranks or Ranks.from_env()
