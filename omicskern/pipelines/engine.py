@@ -221,7 +221,13 @@ def embed_rows(model, batch, *, pooling: str = "mean", layer: int | None = None,
         for gi, rows in enumerate(groups):
             sub = nxt
             if cuda:
-                torch.cuda.current_stream(dev).wait_stream(copy_stream)
+                cur = torch.cuda.current_stream(dev)
+                cur.wait_stream(copy_stream)
+                # made on the copy stream, read on this one: keep the allocator from reusing them early
+                for name in ("input_ids", "cu_seqlens", "values", "soft_mask", "token_spans"):
+                    t = getattr(sub, name, None)
+                    if isinstance(t, torch.Tensor) and t.is_cuda:
+                        t.record_stream(cur)
             # stage the next group's copy while this one computes
             nxt = stage(groups[gi + 1]) if gi + 1 < len(groups) else None
             with clock("model"):
