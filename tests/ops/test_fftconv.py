@@ -213,7 +213,7 @@ TRITON_CASES = [
     pytest.param(2, 3, 113, F32, False, False, id="B2-H3-L113-fp32-twosided"),
     pytest.param(2, 3, 113, F16, True, False, id="B2-H3-L113-fp16-causal"),
     pytest.param(1, 2, 113, BF16, True, False, id="B1-H2-L113-bf16-causal"),
-    pytest.param(1, 2, 1000, F32, True, False, id="B1-H2-L1000-fp32-causal"),
+    pytest.param(1, 2, 1000, F16, True, False, id="B1-H2-L1000-fp16-causal"),  # fused N = 2048 (fp32 there: test_triton_fp32_grown_plan)
 ]
 
 
@@ -312,19 +312,40 @@ def test_triton_two_outer_levels_grad(monkeypatch):
 
 
 @needs_triton
-def test_triton_plan():
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bf16", "fp32"])
+def test_triton_plan(dtype):
     import math
 
     from omicskern.ops.fftconv import triton as tk
 
-    for L in (1, 128, 129, 2048, 2049, 4097, 1 << 15, 1 << 20):
-        pl = tk.plan(L)
-        assert pl["N"] >= 2 * L - 1
-        assert pl["N1"] * pl["N2"] == pl["M"] and pl["M"] * math.prod(pl["Ps"]) == pl["N"]
-        assert min(pl["N1"], pl["N2"], *pl["Ps"], 16) >= 16 and max(pl["Ps"], default=0) <= tk.OUTER_MAX_P
-        assert pl["fused"] == (pl["N"] <= tk.FUSED_MAX_N)
+    fmax, pmax = tk.fused_max(dtype), tk.outer_max(dtype)
+    for e in range(0, 21):
+        for L in {(1 << e) - 1 or 1, 1 << e, (1 << e) + 1}:
+            if L > tk.MAX_L:
+                continue
+            pl = tk.plan(L, dtype)
+            assert pl["N"] >= 2 * L - 1
+            assert pl["N1"] * pl["N2"] == pl["M"] and pl["M"] * math.prod(pl["Ps"]) == pl["N"]
+            assert min(pl["N1"], pl["N2"], *pl["Ps"]) >= 16 and max(pl["Ps"], default=0) <= pmax
+            assert pl["M"] <= fmax and pl["fused"] == (pl["N"] <= fmax)
+            # N grows past the smallest power of two only where no factorization exists
+            smallest = max(tk.MIN_N, 1 << (2 * L - 2).bit_length())
+            assert pl["N"] == smallest or (dtype == F32 and smallest in (1024, 2048, 32768)), (L, pl)
     assert len(tk.plan(1 << 20)["Ps"]) == 2
+    assert tk.plan(1 << 20, F32)["Ps"] == [32, 16, 16]
     assert tk.unsupported_reason((1 << 20) + 1, True) is not None
+
+
+@needs_triton
+@pytest.mark.parametrize("L", [300, 1000], ids=["L300-N1024", "L1000-N2048"])
+def test_triton_fp32_grown_plan(L):
+    """fp32 at 512 < N < 4096 runs the multi-level path at N = 4096 (no fp32 kernel above
+    N = 512 fits sm_90's registers); a larger N than 2L - 1 is still exact."""
+    from omicskern.ops.fftconv import triton as tk
+
+    pl = tk.plan(L, F32)
+    assert pl["N"] == 4096 and pl["Ps"] == [16] and not pl["fused"]
+    _check_triton(2, 1, L, F32, causal=L == 1000, seed=L)
 
 
 def test_default_backend_on_cpu_is_torch(monkeypatch):

@@ -80,10 +80,12 @@ def test_attention_autotuner_configs():
     assert not tri.autotune_enabled(torch.device("cpu"))
 
 
-def test_every_fftconv_plan_is_listed():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_every_fftconv_plan_is_listed(dtype):
+    """Every plan the dispatch can choose for inputs of ``dtype`` has its kernels in the compile list."""
     from omicskern.ops.fftconv import triton as tk
 
-    listed = tk.sm90_launches(full=True)
+    listed = [la for la in tk.sm90_launches(full=True) if la["input_dtype"] == dtype]
     fused = {(la["constexprs"]["N1"], la["constexprs"]["N2"], la["num_warps"])
              for la in listed if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse")}
     inner = {(la["constexprs"]["P"], la["constexprs"]["N1"], la["constexprs"]["N2"]) for la in listed
@@ -94,9 +96,9 @@ def test_every_fftconv_plan_is_listed():
         for L in {(1 << e) - 1 or 1, 1 << e, (1 << e) + 1}:
             if L > tk.MAX_L:
                 continue
-            pl = tk.plan(L)
+            pl = tk.plan(L, dtype)
             if pl["fused"]:
-                assert (pl["N1"], pl["N2"], tk._fused_warps(pl["N"], False)) in fused, L
+                assert (pl["N1"], pl["N2"], tk._fused_warps(pl["N"], dtype == torch.float32)) in fused, L
                 continue
             assert (pl["N"] // pl["M"], pl["N1"], pl["N2"]) in inner, L
             S = pl["N"]

@@ -40,7 +40,9 @@ import triton
 import triton.language as tl
 
 FUSED_MAX_N = 4096      # largest FFT done in one fused kernel (64 x 64 tiles: 16 KiB operands)
+FUSED_MAX_N_FP32 = 512  # the same for fp32 inputs (tf32x3 operands; see fused_max)
 OUTER_MAX_P = 64        # largest outer DFT (P x P matrix) of the multi-level path
+OUTER_MAX_P_FP32 = 32   # the same for fp32 inputs (see outer_max)
 MIN_N = 256             # 16 x 16: tl.dot needs every dim >= 16
 MAX_L = 1 << 20
 SCRATCH_BYTES = 1 << 30  # row chunking bound for the large-N path's scratch buffer
@@ -60,17 +62,45 @@ def _split(n: int) -> tuple[int, int]:
     return n // n2, n2
 
 
-def plan(L: int) -> dict:
-    """FFT size and decomposition for length L (both causal and two-sided need N >= 2L-1).
+def fused_max(dtype: torch.dtype = torch.bfloat16) -> int:
+    """Largest FFT one kernel holds (the fused path, and the inner FFT of the multi-level path)
+    for inputs of ``dtype``: 64 x 64 tiles for fp16 / bf16 operands; 32 x 16 for fp32, whose
+    ``tf32x3`` products carry every operand as two tf32 halves (on sm_90 the fp32 kernels spill
+    from N = 1024 on, 600 B - 1.9 KB at 255 registers, on 4, 8 or 16 warps alike: measured with
+    benchmarks/sm90_compile_check.py)."""
+    return FUSED_MAX_N if operand_dtype(dtype) != torch.float32 else min(FUSED_MAX_N, FUSED_MAX_N_FP32)
+
+
+def outer_max(dtype: torch.dtype = torch.bfloat16) -> int:
+    """Largest outer DFT for inputs of ``dtype`` (fp32: 32; its P = 64 outer kernels spill 64-688 B
+    on 4 warps, more on 8 warps or with BM = 32)."""
+    return OUTER_MAX_P if operand_dtype(dtype) != torch.float32 else min(OUTER_MAX_P, OUTER_MAX_P_FP32)
+
+
+def plan(L: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """FFT size and decomposition for length L (both causal and two-sided need N >= 2L-1) and
+    inputs of ``dtype`` (see :func:`fused_max`, :func:`outer_max`).
 
     ``Ps``: outer DFT sizes (empty: one fused kernel); the inner FFT has length M = N1 N2.
+    Outer sizes are chosen greedily (the smallest P that brings M to the fused size). Every
+    factor is at least 16 (tl.dot's minimum): when the greedy split would leave M between the
+    fused size and 16 x MIN_N, earlier levels give up the missing factor (each staying >= 16),
+    or else N grows (any N >= 2L-1 is exact). Only fp32 grows: 1024 and 2048 to 4096 = 16 x 256,
+    32768 to 65536 = 16 x 16 x 256.
     """
+    fmax, pmax = fused_max(dtype), outer_max(dtype)
     N = max(MIN_N, 1 << max(0, (2 * L - 2).bit_length()))
     Ps, M = [], N
-    while M > FUSED_MAX_N:
-        P = min(OUTER_MAX_P, max(16, M // FUSED_MAX_N), M // MIN_N)
-        if P < 16:  # only with a tiny FUSED_MAX_N: grow N rather than use a < 16 DFT
-            N, M = N * (16 // P), M * (16 // P)
+    while M > fmax:
+        P = min(pmax, max(16, M // fmax), M // MIN_N)
+        if P < 16:
+            f = 16 // P  # M < 16 MIN_N: the next level needs M f
+            for i in reversed(range(len(Ps))):
+                while f > 1 and Ps[i] >= 32:
+                    Ps[i] //= 2
+                    M *= 2
+                    f //= 2
+            N, M = N * f, M * f
             continue
         Ps.append(P)
         M //= P
@@ -729,7 +759,7 @@ def _dk(dy, gate, u, Lk, offset, pl, k_batched):
 
 def fft_conv_fwd(u, k, bias, gate, causal):
     L = u.shape[-1]
-    pl = plan(L)
+    pl = plan(L, u.dtype)
     offset = 0 if causal else L - 1
     spec = filter_spectrum(k, bias, offset, pl)
     return _pipeline(u, None, spec, gate, 0, offset, pl, u.dtype, k.dim() == 3)
@@ -741,7 +771,7 @@ def fft_conv_bwd(dy, u, k, bias, gate, causal, needs):
     of dz and u summed over the batch, then one inverse FFT; dbias is its lag-0 tap)."""
     need_u, need_k, need_bias, need_gate = needs
     L = u.shape[-1]
-    pl = plan(L)
+    pl = plan(L, u.dtype)
     offset = 0 if causal else L - 1
     dy = dy.contiguous()
     du = dgate = dk = dbias = None
@@ -824,33 +854,35 @@ _TN = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _PIPE_FLAGS = ((False, False, False), (False, True, False), (True, False, True), (False, False, True))
 
 
-def _fused_sizes():
-    return [1 << e for e in range(int(math.log2(MIN_N)), int(math.log2(FUSED_MAX_N)) + 1)]
+def _fused_sizes(dtype=torch.bfloat16):
+    return [1 << e for e in range(int(math.log2(MIN_N)), int(math.log2(fused_max(dtype))) + 1)]
 
 
-def _multi_plans():
-    out, N = [], FUSED_MAX_N * 2
-    while N <= plan(MAX_L)["N"]:
-        out.append(plan(N // 2))
+def _multi_plans(dtype=torch.bfloat16):
+    """The distinct multi-level plans of every L <= MAX_L for inputs of ``dtype``."""
+    out, N = {}, fused_max(dtype) * 2
+    while N <= plan(MAX_L, dtype)["N"]:
+        pl = plan(N // 2, dtype)
+        out.setdefault(pl["N"], pl)
         N *= 2
-    return out
+    return list(out.values())
 
 
 def sm90_launches(full: bool = True) -> list[dict]:
     """Launch descriptions of every kernel configuration the dispatch can choose on sm_90: the
-    fused kernels for every FFT size up to FUSED_MAX_N, the multi-level kernels of every plan up to
-    MAX_L, for every input dtype and flag combination; ``full=False``: bf16 at the largest fused
-    size, the multi-level kernels of L = 32k, and the fp32 fused forward at N = 4096."""
+    fused kernels for every FFT size up to :func:`fused_max`, the multi-level kernels of every plan
+    up to MAX_L, for every input dtype and flag combination; ``full=False``: the subset below."""
     out = []
     for dt, tn in _TN.items():
+        n0 = len(out)
         odt = operand_dtype(dt)
         fp32 = odt == torch.float32
         DT = _TL[odt]
         prec = "tf32x3"
         mma = "wgmma"
         xt = f"*{tn}"
-        for N in _fused_sizes():
-            pl = plan(N // 2)
+        for N in _fused_sizes(dt):
+            pl = plan(N // 2, dt)
             N1, N2 = pl["N1"], pl["N2"]
             for pair in (True, False):
                 for xm, om, conj in _PIPE_FLAGS:
@@ -883,7 +915,7 @@ def sm90_launches(full: bool = True) -> list[dict]:
                 num_warps=_fused_warps(N, fp32), num_stages=3, mma=mma, tags=f"N{N} ({N1}x{N2}) {tn}"))
         seen = set()
         st = f"*{_TN[odt]}"
-        for pl in _multi_plans():
+        for pl in _multi_plans(dt):
             lens = [pl["N"]]
             for P in pl["Ps"]:
                 lens.append(lens[-1] // P)
@@ -954,34 +986,25 @@ def sm90_launches(full: bool = True) -> list[dict]:
                                 tags=f"N{pl['N']} P{nseq} M{pl['M']} ({pl['N1']}x{pl['N2']}) {tn} mode{mode}"
                                      f"{' conj' if conj else ''}{' dk (fp32 acc)' if bt != st else ''}",
                                 div16=["spec_bstride"]))
-        for blk in sorted({min(ACC_BLOCK, n) for n in _fused_sizes()} | {ACC_BLOCK}):
+        for blk in sorted({min(ACC_BLOCK, n) for n in _fused_sizes(dt)} | {ACC_BLOCK}):
             out.append(dict(kernel="dk_acc", fn=_cross_spectrum_acc_kernel,
                             types=dict(ar_ptr=st, ai_ptr=st, br_ptr=st, bi_ptr=st, accr_ptr="*fp32",
                                        acci_ptr="*fp32"),
                             constexprs=dict(BLOCK=blk), num_warps=4, num_stages=3, mma=None,
                             tags=f"{tn} scratch{'' if blk == ACC_BLOCK else f' BLOCK{blk}'}", div16=["N"]))
+        for la in out[n0:]:
+            la["input_dtype"] = dt  # the inputs whose plans launch it (not a compile field)
     for la in out:
         # wgmma needs an M dimension of 64 per warpgroup: tiles with N1 < 64 rows use mma.sync
         if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse", "inner") and la["constexprs"]["N1"] < 64:
             la["mma"] = "mma"
-        reason = _known_spills(la)
-        if reason:
-            la["known_spills"] = reason
     return out if full else [la for la in out if f"{la['kernel']} {la['tags']}" in _SUBSET]
 
 
-# The test suite's representative subset (largest bf16 fused forward, the fp32 path at its smallest
-# size, the L = 32k multi-level kernels, the batch accumulation).
-_SUBSET = {"fused N4096 (64x64) bf16 omul pair", "fused N256 (16x16) fp32 omul pair",
+# The test suite's representative subset (largest bf16 fused forward, the fp32 path's largest fused
+# kernel and its 1M-token inner kernel, the L = 32k multi-level kernels, the batch accumulation).
+_SUBSET = {"fused N4096 (64x64) bf16 omul pair", "fused N512 (32x16) fp32 xmul conj pair",
+           "inner N2097152 P4096 M512 (32x16) fp32 mode0",
            "outer_fwd N65536 P16 M4096 BM64 bf16 pair", "outer_inv N65536 P16 M4096 BM64 bf16 omul pair",
            "inner N65536 P16 M4096 (64x64) bf16 mode0", "dk_acc bf16 scratch",
            "dk_spectrum N4096 (64x64) bf16 xmul pair", "dk_inverse N4096 (64x64) bf16"}
-
-
-def _known_spills(la) -> str | None:
-    """Launches that still spill on sm_90 (listed in benchmarks/results/sm90_compile.md and
-    docs/fftconv.md): the fp32 path's fused kernels, whose tf32x3 products split every operand
-    in two (a correctness path; fp16/bf16 inputs take the tensor-core path)."""
-    if la["kernel"] in ("fused", "dk_spectrum", "dk_inverse") and la["constexprs"]["DT"] == tl.float32:
-        return "fp32 inputs: tf32x3 operands (correctness path)"
-    return None
