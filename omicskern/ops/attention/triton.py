@@ -7,8 +7,9 @@ equal lengths (a free view), so padding is never materialised. Scores are kept i
 (``exp2`` is one instruction); all accumulation is float32; the forward saves the natural-log
 ``lse [H, T]`` that the backward uses to rebuild probabilities without a second softmax pass.
 
-Backward: ``delta = rowsum(dO * O)`` (PyTorch), one kernel over key blocks accumulating dK and dV,
-one over query blocks accumulating dQ (no atomics, deterministic). With grouped-query heads dK/dV
+Backward: ``delta = rowsum(dO * O)`` (a small kernel), one kernel over key blocks accumulating dK
+and dV, one over query blocks accumulating dQ (no atomics, deterministic); both mask only their
+boundary blocks (the sequence end and the causal diagonal). With grouped-query heads dK/dV
 are produced per query head and summed over each group.
 
 The launchers are ``torch.library`` custom ops (``omicskern::attention_fwd``/``attention_bwd``)
@@ -203,6 +204,67 @@ def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_do
 
 
 @triton.jit
+def _attention_bwd_dkdv_inner(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m,
+                              offs_d, d_ok, L, lo, hi, qk_scale, slope,
+                              BLOCK_M: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+                              CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+    """dK/dV accumulation of one key block over the query blocks [lo, hi), on transposed tiles
+    (S^T = K Q^T, [BLOCK_N, BLOCK_M]) so that P^T and dS^T come out of the dots in the layout the
+    next dots consume (transposing register tiles costs shared-memory round trips and registers).
+
+    MASKED=False is the interior: query blocks entirely inside the sequence and, if causal,
+    entirely at or below the diagonal, so loads need no bounds and the score tile no mask. Key
+    rows past the sequence end (k, v loaded as zeros by the caller) are not masked there either:
+    row n of dK and dV depends only on row n of P^T and dS^T, and those rows are never stored."""
+    for start_m in range(lo, hi, BLOCK_M):
+        qi = start_m + offs_m
+        if MASKED:
+            m_ok = qi < L
+            qT = tl.load(Qb + qi[None, :] * stride_qt + offs_d[:, None],
+                         mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+            do = tl.load(DOb + qi[:, None] * stride_dot + offs_d[None, :],
+                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse = tl.load(LSEb + qi, mask=m_ok, other=0.0)
+            delta = tl.load(DELTAb + qi, mask=m_ok, other=0.0)
+        else:
+            if EVEN_D:
+                qT = tl.load(Qb + qi[None, :] * stride_qt + offs_d[:, None])
+                do = tl.load(DOb + qi[:, None] * stride_dot + offs_d[None, :])
+            else:
+                qT = tl.load(Qb + qi[None, :] * stride_qt + offs_d[:, None], mask=d_ok[:, None], other=0.0)
+                do = tl.load(DOb + qi[:, None] * stride_dot + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+            lse = tl.load(LSEb + qi)
+            delta = tl.load(DELTAb + qi)
+        lse = lse * 1.4426950408889634
+        if IEEE:
+            sT = tl.dot(k, qT, input_precision="ieee")
+        else:
+            sT = tl.dot(k, qT)
+        if HAS_ALIBI:
+            sT = sT * qk_scale - slope * tl.abs(cols.to(tl.float32)[:, None] - qi.to(tl.float32)[None, :])
+            pT = tl.math.exp2(sT - lse[None, :])
+        else:
+            pT = tl.math.exp2(sT * qk_scale - lse[None, :])  # scale and lse in one FFMA
+        if MASKED:
+            keep = (cols < L)[:, None] & m_ok[None, :]
+            if CAUSAL:
+                keep = keep & (cols[:, None] <= qi[None, :])
+            pT = tl.where(keep, pT, 0.0)
+        if IEEE:
+            dv += tl.dot(pT.to(do.dtype), do, input_precision="ieee")
+            dpT = tl.dot(v, tl.trans(do), input_precision="ieee")
+        else:
+            dv += tl.dot(pT.to(do.dtype), do)
+            dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        if IEEE:
+            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision="ieee")
+        else:
+            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+    return dk, dv
+
+
+@triton.jit
 def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
                                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                                stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
@@ -218,7 +280,8 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
     if start_n * BLOCK_N >= L:
         return
     kvh = h // N_REP
-    cols = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = start_n * BLOCK_N
+    cols = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -232,52 +295,90 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
     v = tl.load(V + seq_start * stride_vt + kvh * stride_vh + cols[:, None] * stride_vt + offs_d[None, :],
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+    slope = 0.0
     if HAS_ALIBI:
         slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    # Query blocks (multiples of BLOCK_M): causal ones from the block holding key n0; those from
+    # diag_end on have every row i >= n0 + BLOCK_N - 1 >= every key j of this block (no causal
+    # mask); those below full_end lie inside the sequence. [diag_end, full_end) is the unmasked
+    # interior, [lo, diag_end) and [max(diag_end, full_end), L) are masked (at most a few blocks).
     lo = 0
+    diag_end = 0
     if CAUSAL:
-        lo = (start_n * BLOCK_N // BLOCK_M) * BLOCK_M
-    # Work on transposed tiles (S^T = K Q^T, [BLOCK_N, BLOCK_M]) so that P^T and dS^T come out of the
-    # dots in the layout the next dots consume; transposing register tiles costs shared-memory
-    # round trips and registers.
-    for start_m in range(lo, L, BLOCK_M):
-        qi = start_m + offs_m
-        m_ok = qi < L
-        qT = tl.load(Qb + qi[None, :] * stride_qt + offs_d[:, None],
-                     mask=m_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(DOb + qi[:, None] * stride_dot + offs_d[None, :],
-                     mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-        lse = tl.load(LSEb + qi, mask=m_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTAb + qi, mask=m_ok, other=0.0)
-        if IEEE:
-            sT = tl.dot(k, qT, input_precision="ieee")
-        else:
-            sT = tl.dot(k, qT)
-        sT = sT * qk_scale
-        if HAS_ALIBI:
-            sT = sT - slope * tl.abs(cols.to(tl.float32)[:, None] - qi.to(tl.float32)[None, :])
-        keep = n_ok[:, None] & m_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[:, None] <= qi[None, :])
-        pT = tl.where(keep, tl.math.exp2(sT - lse[None, :]), 0.0)
-        if IEEE:
-            dv += tl.dot(pT.to(do.dtype), do, input_precision="ieee")
-            dpT = tl.dot(v, tl.trans(do), input_precision="ieee")
-        else:
-            dv += tl.dot(pT.to(do.dtype), do)
-            dpT = tl.dot(v, tl.trans(do))
-        dsT = pT * (dpT - delta[None, :])
-        if IEEE:
-            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision="ieee")
-        else:
-            dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+        lo = (n0 // BLOCK_M) * BLOCK_M
+        diag_end = ((n0 + BLOCK_N - 1 + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+    full_end = (L // BLOCK_M) * BLOCK_M
+    ev = HEAD_DIM == BLOCK_D
+    if CAUSAL:
+        dk, dv = _attention_bwd_dkdv_inner(
+            dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m, offs_d, d_ok, L,
+            lo, tl.minimum(diag_end, L), qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=True,
+            CAUSAL=True, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+    dk, dv = _attention_bwd_dkdv_inner(
+        dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m, offs_d, d_ok, L,
+        diag_end, full_end, qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL,
+        HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+    dk, dv = _attention_bwd_dkdv_inner(
+        dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m, offs_d, d_ok, L,
+        tl.maximum(diag_end, full_end), L, qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=True,
+        CAUSAL=False, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     dk = dk * sm_scale
     tl.store(DK + seq_start * stride_dkt + h * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
     tl.store(DV + seq_start * stride_dvt + h * stride_dvh + cols[:, None] * stride_dvt + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _attention_bwd_dq_inner(dq, q, do, lse, delta, Kb, Vb, stride_kt, stride_vt, qi, offs_n, offs_d, d_ok,
+                            L, lo, hi, qk_scale, slope,
+                            BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+                            CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
+    """dQ accumulation of one query block over the key blocks [lo, hi). MASKED=False: key blocks
+    entirely inside the sequence and, if causal, entirely left of the query block. Keys past the
+    end must be masked (a zero key scores 0, and exp2(0 - lse) can overflow to inf, whose product
+    with the zero key row is NaN in a stored row); query rows past the end need no mask (their
+    q, dO, lse and delta load as zeros and their dQ rows are not stored)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if MASKED:
+            n_ok = cols < L
+            k = tl.load(Kb + cols[:, None] * stride_kt + offs_d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(Vb + cols[:, None] * stride_vt + offs_d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        elif EVEN_D:
+            k = tl.load(Kb + cols[:, None] * stride_kt + offs_d[None, :])
+            v = tl.load(Vb + cols[:, None] * stride_vt + offs_d[None, :])
+        else:
+            k = tl.load(Kb + cols[:, None] * stride_kt + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+            v = tl.load(Vb + cols[:, None] * stride_vt + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        if HAS_ALIBI:
+            s = s * qk_scale - slope * tl.abs(qi.to(tl.float32)[:, None] - cols.to(tl.float32)[None, :])
+            p = tl.math.exp2(s - lse[:, None])
+        else:
+            p = tl.math.exp2(s * qk_scale - lse[:, None])
+        if MASKED:
+            keep = n_ok[None, :]
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= qi[:, None])
+            p = tl.where(keep, p, 0.0)
+        if IEEE:
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    return dq
 
 
 @triton.jit
@@ -296,7 +397,8 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
     if start_m * BLOCK_M >= L:
         return
     kvh = h // N_REP
-    qi = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m0 = start_m * BLOCK_M
+    qi = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
@@ -310,39 +412,24 @@ def _attention_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES,
     delta = tl.load(DELTA + h * stride_lh + seq_start + qi, mask=m_ok, other=0.0)
     Kb = K + seq_start * stride_kt + kvh * stride_kh
     Vb = V + seq_start * stride_vt + kvh * stride_vh
+    slope = 0.0
     if HAS_ALIBI:
         slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Key blocks [0, full_hi): inside the sequence and, causal, left of this query block (BLOCK_M
+    # is a multiple of BLOCK_N, so m0 is a key-block start); [full_hi, hi) is masked.
     hi = L
+    full_hi = (L // BLOCK_N) * BLOCK_N
     if CAUSAL:
-        hi = tl.minimum(L, (start_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        n_ok = cols < L
-        k = tl.load(Kb + cols[:, None] * stride_kt + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(Vb + cols[:, None] * stride_vt + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale
-        if HAS_ALIBI:
-            s = s - slope * tl.abs(qi.to(tl.float32)[:, None] - cols.to(tl.float32)[None, :])
-        keep = m_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= qi[:, None])
-        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
-        if IEEE:
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
+        hi = tl.minimum(L, m0 + BLOCK_M)
+        full_hi = tl.minimum(full_hi, m0)
+    ev = HEAD_DIM == BLOCK_D
+    dq = _attention_bwd_dq_inner(dq, q, do, lse, delta, Kb, Vb, stride_kt, stride_vt, qi, offs_n, offs_d, d_ok,
+                                 L, 0, full_hi, qk_scale, slope, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=False,
+                                 CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+    dq = _attention_bwd_dq_inner(dq, q, do, lse, delta, Kb, Vb, stride_kt, stride_vt, qi, offs_n, offs_d, d_ok,
+                                 L, full_hi, hi, qk_scale, slope, BLOCK_N=BLOCK_N, EVEN_D=ev, MASKED=True,
+                                 CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     dq = dq * sm_scale
     tl.store(DQ + seq_start * stride_dqt + h * stride_dqh + qi[:, None] * stride_dqt + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -366,11 +453,22 @@ def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
+def _fp32_config(kind: str, D: int) -> dict:
+    """fp32 (IEEE, FMA-unit dots) tiles: 8 warps, and 16 x 16 where D's class needs it; every
+    entry compiles for sm_90 without spills (on 4 warps the 32 x 32 tiles spilled 16 B-15 KB from
+    D = 64 on, docs/attention.md)."""
+    bd = _block_d(D)
+    m, n = {"fwd": (32, 32) if bd <= 128 else (16, 16),
+            "dkdv": (16, 32) if bd <= 128 else (16, 16),
+            "dq": (32, 32) if bd <= 64 else (16, 16)}[kind]
+    return dict(BLOCK_M=m, BLOCK_N=n, num_warps=8, num_stages=1)
+
+
 def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi: bool = False) -> dict:
     if interpret:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
     if fp32:  # IEEE fp32 dots run on FMA units, not tensor cores: small tiles (a correctness path)
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+        return _fp32_config("fwd", D)
     if _block_d(D) <= 64:
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
     if _block_d(D) <= 128:
@@ -391,10 +489,11 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
         c = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
         return c, c
     if fp32:
-        return (dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1),
-                dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1))
+        return _fp32_config("dkdv", D), _fp32_config("dq", D)
     if _block_d(D) <= 64:
-        kv = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2) if sm >= 90 else \
+        # sm_90: 128 keys per program on 8 warps (m128 x n64 products, half the Q / dO passes of
+        # 64 keys; 196-236 registers, no spills); 128 queries per step spill 8-272 B
+        kv = dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2) if sm >= 90 else \
             dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2)
         return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     if _block_d(D) <= 128:
@@ -411,13 +510,14 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
 # ALiBi) the table's entry first, then these alternatives; triton.autotune benchmarks them on the
 # first call for each (HEAD_DIM, N_REP, CAUSAL) and caches the choice for the process. Every
 # candidate is in sm90_launches, so the sm_90 compile check covers it (all compile spill-free).
-# dK/dV has no alternatives: every wider tile spills on sm_90 (docs/attention.md).
+# dK/dV at D = 128 has no alternatives: every wider tile spills on sm_90 (docs/attention.md).
 _C = lambda m, n, w, st: dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)  # noqa: E731
 _ALTERNATIVES = {
     ("fwd", 64, False): [_C(128, 128, 8, 2), _C(64, 64, 4, 3)],
     ("fwd", 64, True): [_C(128, 64, 8, 2), _C(64, 64, 4, 3)],
     ("fwd", 128, False): [_C(128, 64, 8, 3), _C(128, 64, 8, 2)],
     ("fwd", 128, True): [],  # 128x64 with 3 stages and 64x64 on 4 warps spill
+    ("dkdv", 64, False): [_C(64, 64, 4, 2)], ("dkdv", 64, True): [_C(64, 64, 4, 2)],
     ("dq", 64, False): [_C(64, 64, 4, 2)], ("dq", 64, True): [_C(64, 64, 4, 2)],
     ("dq", 128, False): [_C(64, 32, 4, 3)], ("dq", 128, True): [_C(64, 32, 4, 3)],
 }
@@ -439,7 +539,7 @@ def _candidates(kind: str, D: int, sm: int, fp32: bool, alibi: bool) -> list[dic
         return [table]
     alt = _ALTERNATIVES.get((kind, _block_d(D), alibi), [])
     out = [table] + [c for c in alt if c != table]
-    assert kind != "fwd" or all(c["BLOCK_M"] % c["BLOCK_N"] == 0 for c in out)
+    assert kind == "dkdv" or all(c["BLOCK_M"] % c["BLOCK_N"] == 0 for c in out)  # masked/unmasked splits
     return out
 
 
@@ -548,6 +648,7 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
         HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_T=64, num_warps=4)
     lse = lse.contiguous()
     cfg_kv, cfg_q = _bwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32)
+    assert cfg_q["BLOCK_M"] % cfg_q["BLOCK_N"] == 0  # the dQ kernel's unmasked/masked split relies on it
     common = dict(N_REP=H // Hk, HEAD_DIM=D, BLOCK_D=_block_d(D), CAUSAL=causal,
                   HAS_ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32)
     slopes = _dummy(alibi_slopes, q)
