@@ -123,3 +123,17 @@ def test_sm90_subset_compiles_without_spills_and_with_wgmma():
         if not row.get("known_spills"):
             assert row["spill_bytes"] == 0 and row["spill_instr"] == 0, row
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_lazy_rescale_variant_still_applies():
+    """benchmarks/sm90_lazy_rescale.py derives its variant from the shipped forward kernel by text
+    edits; they must still apply (every edit found once) and give valid Python."""
+    spec = importlib.util.spec_from_file_location("sm90_lazy_rescale", ROOT / "benchmarks" / "sm90_lazy_rescale.py")
+    mod = importlib.util.module_from_spec(spec)
+    saved = os.environ.get("TRITON_INTERPRET")
+    spec.loader.exec_module(mod)  # pops TRITON_INTERPRET (as the compile check does)
+    if saved is not None:
+        os.environ["TRITON_INTERPRET"] = saved
+    src = mod.lazy_source()
+    compile(src, "lazy_attention_fwd.py", "exec")
+    assert src.count("LAZY: tl.constexpr") == 2 and "if LAZY:" in src and src.count("LAZY=LAZY") >= 4

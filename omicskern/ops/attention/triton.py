@@ -454,14 +454,16 @@ def _block_d(D: int) -> int:
 
 
 def _fp32_config(kind: str, D: int) -> dict:
-    """fp32 (IEEE, FMA-unit dots) tiles: 8 warps, and 16 x 16 where D's class needs it; every
-    entry compiles for sm_90 without spills (on 4 warps the 32 x 32 tiles spilled 16 B-15 KB from
-    D = 64 on, docs/attention.md)."""
+    """fp32 (IEEE, FMA-unit dots) tiles: 8 warps (4 for 32 x 32 at head dims <= 32), and 16 x 16
+    where D's class needs it; every entry compiles for sm_90 without spills (on 4 warps the old
+    32 x 32 tiles spilled 16 B-15 KB from D = 64 on, docs/attention.md)."""
     bd = _block_d(D)
-    m, n = {"fwd": (32, 32) if bd <= 128 else (16, 16),
+    m, n = {"fwd": (32, 32) if bd <= 64 else (16, 16),
             "dkdv": (16, 32) if bd <= 128 else (16, 16),
             "dq": (32, 32) if bd <= 64 else (16, 16)}[kind]
-    return dict(BLOCK_M=m, BLOCK_N=n, num_warps=8, num_stages=1)
+    # 32 x 32 at head dims <= 32 on 8 warps: ptxas picks 64 registers and spills 8-16 B
+    warps = 4 if (m, n) == (32, 32) and bd <= 32 else 8
+    return dict(BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=1)
 
 
 def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi: bool = False) -> dict:
@@ -502,7 +504,10 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
         if sm >= 90:  # dQ at 128x64 on 8 warps: 235 registers with ALiBi, no spills
             return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
         return kv, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
+    # D > 128: dK/dV with 32 keys per program (mma.sync: wgmma needs 64 rows, and 64 keys spill
+    # 264-632 B); dQ at 64 x 32 with 2 stages is a wgmma tile that fits (253-255 registers)
     return (dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1),
+            dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2) if sm >= 90 else
             dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))
 
 
@@ -777,8 +782,10 @@ def _launches_for(D, dt, tn, causal, alibi):
     for name, fn, cfg in cands:
         cons = dict(N_REP=1, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=cfg["BLOCK_M"],
                     BLOCK_N=cfg["BLOCK_N"], CAUSAL=causal, HAS_ALIBI=alibi, IEEE=fp32)
+        # wgmma needs an M dimension of 64 (the query rows; the keys in dK/dV's transposed tiles)
+        rows = cfg["BLOCK_N"] if name == "bwd_dkdv" else cfg["BLOCK_M"]
         out.append(dict(kernel=name, fn=fn, types=types, constexprs=cons, num_warps=cfg["num_warps"],
-                        num_stages=cfg["num_stages"], mma=None if fp32 else "wgmma",
+                        num_stages=cfg["num_stages"], mma=None if fp32 else "wgmma" if rows >= 64 else "mma",
                         tags=f"{tags} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}",
                         div16=[n for n in fn.arg_names if n.startswith("stride_")]))
     return out
