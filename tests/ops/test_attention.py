@@ -442,7 +442,8 @@ def test_triton_gpu_block_config_in_interpreter(monkeypatch, D, lens, sm):
     from omicskern.ops.attention import triton as tri
 
     fwd, bwd = tri._fwd_config, tri._bwd_config
-    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32, alibi=False: fwd(d, False, sm, fp32, alibi))
+    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32, alibi=False, causal=False:
+                        fwd(d, False, sm, fp32, alibi, causal))
     monkeypatch.setattr(tri, "_bwd_config", lambda d, interpret, _sm, fp32: bwd(d, False, sm, fp32))
     q, k, v, kw = make_inputs(lens=lens, H=2, Hk=1, D=D)
     check_against_reference(q, k, v, kw, backend="triton", causal=True, alibi=True, dtype=torch.float32)
@@ -453,17 +454,20 @@ def test_triton_gpu_block_config_in_interpreter(monkeypatch, D, lens, sm):
 @needs_triton
 @pytest.mark.skipif(HAS_CUDA, reason="interpreter-only: runs the GPU block table through the interpreter")
 def test_triton_hopper_d128_table_in_interpreter(monkeypatch):
-    """The sm_90 D=128 entries without ALiBi: forward 128x128 (one key block per query block when
-    causal: the masked-only path), dQ 128x64, dK/dV 64x64; fp16, causal, a length that is not a
-    multiple of any block."""
+    """The sm_90 D=128 entries without ALiBi: forward 128x128 bidirectional, 128x64 causal (two
+    key blocks per query block on the diagonal), dQ 128x64, dK/dV 64x64; fp16, a length that is
+    not a multiple of any block."""
     from omicskern.ops.attention import triton as tri
 
     fwd, bwd = tri._fwd_config, tri._bwd_config
-    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32, alibi=False: fwd(d, False, 90, fp32, alibi))
+    monkeypatch.setattr(tri, "_fwd_config", lambda d, interpret, _sm, fp32, alibi=False, causal=False:
+                        fwd(d, False, 90, fp32, alibi, causal))
     monkeypatch.setattr(tri, "_bwd_config", lambda d, interpret, _sm, fp32: bwd(d, False, 90, fp32))
     assert fwd(128, False, 90, False, False)["BLOCK_N"] == 128
+    assert fwd(128, False, 90, False, False, causal=True)["BLOCK_N"] == 64
     q, k, v, kw = make_inputs(lens=[1, 300], H=1, D=128, dtype=torch.float16)
-    check_against_reference(q, k, v, kw, backend="triton", causal=True, alibi=False, dtype=torch.float16)
+    for causal in (True, False):
+        check_against_reference(q, k, v, kw, backend="triton", causal=causal, alibi=False, dtype=torch.float16)
 
 
 def test_flash_adapter_argument_mapping(monkeypatch):

@@ -55,11 +55,11 @@ def test_every_attention_dispatch_config_is_listed():
             bd = tri._block_d(D)
             for causal in (False, True):
                 for alibi in (False, True):
-                    cf = tri._fwd_config(D, False, 90, fp32, alibi)
+                    cf = tri._fwd_config(D, False, 90, fp32, alibi, causal)
                     # the fixed table's entry is the autotuner's first candidate
-                    assert [tri._candidates(k, D, 90, fp32, alibi)[0] for k in ("fwd", "dkdv", "dq")] == [cf, ck, cq]
+                    assert [tri._candidates(k, D, 90, fp32, alibi, causal)[0] for k in ("fwd", "dkdv", "dq")] == [cf, ck, cq]
                     every = [(c, keys) for kind, keys in (("fwd", fwd), ("dkdv", kv), ("dq", dq))
-                             for c in tri._candidates(kind, D, 90, fp32, alibi)]
+                             for c in tri._candidates(kind, D, 90, fp32, alibi, causal)]
                     for cfg, keys in every:
                         # HEAD_DIM only matters through EVEN_D (HEAD_DIM == BLOCK_D) and masks
                         Drep = bd if D == bd else tri._HEAD_DIMS[bd][1]

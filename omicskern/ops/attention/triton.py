@@ -205,10 +205,12 @@ def _attention_bwd_delta_kernel(O, DO, DELTA, T, stride_ot, stride_oh, stride_do
 
 @triton.jit
 def _attention_bwd_dkdv_inner(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m,
-                              offs_d, d_ok, L, lo, hi, qk_scale, slope,
+                              offs_d, d_ok, L, lo, n_first, jump, n_blocks, qk_scale, slope,
                               BLOCK_M: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
                               CAUSAL: tl.constexpr, HAS_ALIBI: tl.constexpr, IEEE: tl.constexpr):
-    """dK/dV accumulation of one key block over the query blocks [lo, hi), on transposed tiles
+    """dK/dV accumulation of one key block over ``n_blocks`` query blocks: ``n_first`` from ``lo``
+    on, the rest from ``jump`` on (the masked call visits the diagonal blocks and the tail block in
+    one loop: a third loop copy cost 20-40 registers and spilled with Triton 3.6), on transposed tiles
     (S^T = K Q^T, [BLOCK_N, BLOCK_M]) so that P^T and dS^T come out of the dots in the layout the
     next dots consume (transposing register tiles costs shared-memory round trips and registers).
 
@@ -216,7 +218,11 @@ def _attention_bwd_dkdv_inner(dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, st
     entirely at or below the diagonal, so loads need no bounds and the score tile no mask. Key
     rows past the sequence end (k, v loaded as zeros by the caller) are not masked there either:
     row n of dK and dV depends only on row n of P^T and dS^T, and those rows are never stored."""
-    for start_m in range(lo, hi, BLOCK_M):
+    for it in range(0, n_blocks):
+        if MASKED:
+            start_m = tl.where(it < n_first, lo + it * BLOCK_M, jump + (it - n_first) * BLOCK_M)
+        else:
+            start_m = lo + it * BLOCK_M
         qi = start_m + offs_m
         if MASKED:
             m_ok = qi < L
@@ -303,27 +309,26 @@ def _attention_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES,
     # Query blocks (multiples of BLOCK_M): causal ones from the block holding key n0; those from
     # diag_end on have every row i >= n0 + BLOCK_N - 1 >= every key j of this block (no causal
     # mask); those below full_end lie inside the sequence. [diag_end, full_end) is the unmasked
-    # interior, [lo, diag_end) and [max(diag_end, full_end), L) are masked (at most a few blocks).
+    # interior; the diagonal blocks [lo, diag_end) and the partial tail block [tail, L) are masked
+    # (one loop: the diagonal ones first, then a jump to the tail).
     lo = 0
     diag_end = 0
     if CAUSAL:
         lo = (n0 // BLOCK_M) * BLOCK_M
         diag_end = ((n0 + BLOCK_N - 1 + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
     full_end = (L // BLOCK_M) * BLOCK_M
+    n_diag = (tl.minimum(diag_end, L) - lo + BLOCK_M - 1) // BLOCK_M  # 0 unless causal
+    tail = tl.maximum(diag_end, full_end)
+    n_tail = (tl.maximum(L - tail, 0) + BLOCK_M - 1) // BLOCK_M  # 0 or 1
     ev = HEAD_DIM == BLOCK_D
-    if CAUSAL:
-        dk, dv = _attention_bwd_dkdv_inner(
-            dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m, offs_d, d_ok, L,
-            lo, tl.minimum(diag_end, L), qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=True,
-            CAUSAL=True, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     dk, dv = _attention_bwd_dkdv_inner(
         dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m, offs_d, d_ok, L,
-        diag_end, full_end, qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL,
-        HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+        diag_end, 0, 0, tl.maximum(full_end - diag_end, 0) // BLOCK_M, qk_scale, slope, BLOCK_M=BLOCK_M,
+        EVEN_D=ev, MASKED=False, CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     dk, dv = _attention_bwd_dkdv_inner(
         dk, dv, k, v, Qb, DOb, LSEb, DELTAb, stride_qt, stride_dot, cols, offs_m, offs_d, d_ok, L,
-        tl.maximum(diag_end, full_end), L, qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=True,
-        CAUSAL=False, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
+        lo, n_diag, tail, n_diag + n_tail, qk_scale, slope, BLOCK_M=BLOCK_M, EVEN_D=ev, MASKED=True,
+        CAUSAL=CAUSAL, HAS_ALIBI=HAS_ALIBI, IEEE=IEEE)
     dk = dk * sm_scale
     tl.store(DK + seq_start * stride_dkt + h * stride_dkh + cols[:, None] * stride_dkt + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
@@ -454,19 +459,21 @@ def _block_d(D: int) -> int:
 
 
 def _fp32_config(kind: str, D: int) -> dict:
-    """fp32 (IEEE, FMA-unit dots) tiles: 8 warps (4 for 32 x 32 at head dims <= 32), and 16 x 16
-    where D's class needs it; every entry compiles for sm_90 without spills (on 4 warps the old
-    32 x 32 tiles spilled 16 B-15 KB from D = 64 on, docs/attention.md)."""
+    """fp32 (IEEE, FMA-unit dots) tiles: 8 warps (4 for forward / dQ at head dims <= 32), and
+    16 x 16 where D's class needs it; every entry compiles for sm_90 without spills with Triton 3.9
+    and 3.6 (on 4 warps the old 32 x 32 tiles spilled 16 B-15 KB from D = 64 on, docs/attention.md)."""
     bd = _block_d(D)
-    m, n = {"fwd": (32, 32) if bd <= 64 else (16, 16),
+    mid = 16 < bd <= 64  # 32 x 32 forward / dQ; at D class 16 it spills 8 B with Triton 3.6
+    m, n = {"fwd": (32, 32) if mid else (16, 16),
             "dkdv": (16, 32) if bd <= 128 else (16, 16),
-            "dq": (32, 32) if bd <= 64 else (16, 16)}[kind]
-    # 32 x 32 at head dims <= 32 on 8 warps: ptxas picks 64 registers and spills 8-16 B
-    warps = 4 if (m, n) == (32, 32) and bd <= 32 else 8
+            "dq": (32, 32) if mid else (16, 16)}[kind]
+    # forward / dQ at head dims <= 32 on 8 warps: ptxas picks 64 registers and spills 8-16 B
+    warps = 4 if kind != "dkdv" and bd <= 32 else 8
     return dict(BLOCK_M=m, BLOCK_N=n, num_warps=warps, num_stages=1)
 
 
-def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi: bool = False) -> dict:
+def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi: bool = False,
+                causal: bool = False) -> dict:
     if interpret:
         return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
     if fp32:  # IEEE fp32 dots run on FMA units, not tensor cores: small tiles (a correctness path)
@@ -480,6 +487,8 @@ def _fwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False, alibi
             # (48 B), so ALiBi uses 128x64 with 2 stages (3 stages spill 24 B bidirectional)
             if alibi:
                 return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+            if causal:  # causal 128x128 spills 40 B with Triton 3.6 (the device image's); 128x64 doesn't
+                return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
             return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2)
         return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)  # D > 128: spills a little
@@ -535,11 +544,11 @@ def autotune_enabled(device: torch.device) -> bool:
             and os.environ.get("OMICSKERN_ATTENTION_AUTOTUNE", "1") != "0")
 
 
-def _candidates(kind: str, D: int, sm: int, fp32: bool, alibi: bool) -> list[dict]:
+def _candidates(kind: str, D: int, sm: int, fp32: bool, alibi: bool, causal: bool = False) -> list[dict]:
     """Launch configs the autotuner may choose for kernel ``kind`` ("fwd", "dkdv", "dq"); the
     fixed table's entry first (the only one for fp32, sm < 90 and head-dim classes 16/32/256)."""
     kv, dq = _bwd_config(D, False, sm, fp32)
-    table = {"fwd": _fwd_config(D, False, sm, fp32, alibi), "dkdv": kv, "dq": dq}[kind]
+    table = {"fwd": _fwd_config(D, False, sm, fp32, alibi, causal), "dkdv": kv, "dq": dq}[kind]
     if fp32 or sm < 90:
         return [table]
     alt = _ALTERNATIVES.get((kind, _block_d(D), alibi), [])
@@ -548,12 +557,12 @@ def _candidates(kind: str, D: int, sm: int, fp32: bool, alibi: bool) -> list[dic
     return out
 
 
-def _tuned(kind, fn, D, sm, fp32, alibi):
-    key = (kind, _block_d(D), sm, fp32, alibi)
+def _tuned(kind, fn, D, sm, fp32, alibi, causal=False):
+    key = (kind, _block_d(D), sm, fp32, alibi, causal)
     if key not in _TUNERS:
         configs = [triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]},
                                  num_warps=c["num_warps"], num_stages=c["num_stages"])
-                   for c in _candidates(kind, D, sm, fp32, alibi)]
+                   for c in _candidates(kind, D, sm, fp32, alibi, causal)]
         _TUNERS[key] = triton.autotune(configs=configs, key=["HEAD_DIM", "N_REP", "CAUSAL"])(fn)
     return _TUNERS[key]
 
@@ -562,7 +571,7 @@ def _launch(kind, fn, device, D, fp32, alibi, cfg, grid_of, args, consts):
     """Launch ``fn`` with the fixed config ``cfg`` or, on CUDA, through its autotuner;
     ``grid_of(BLOCK_M, BLOCK_N)`` gives the grid."""
     if autotune_enabled(device):
-        _tuned(kind, fn, D, _sm(device), fp32, alibi)[
+        _tuned(kind, fn, D, _sm(device), fp32, alibi, consts["CAUSAL"])[
             lambda meta: grid_of(meta["BLOCK_M"], meta["BLOCK_N"])](*args, **consts)
     else:
         fn[grid_of(cfg["BLOCK_M"], cfg["BLOCK_N"])](*args, **consts, **cfg)
@@ -604,7 +613,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens:
     if T == 0 or N == 0 or max_seqlen == 0:
         return out, lse
     cfg = _fwd_config(D, backends.triton_interpret(), _sm(q.device), q.dtype == torch.float32,
-                      alibi=alibi_slopes is not None)
+                      alibi=alibi_slopes is not None, causal=causal)
     assert cfg["BLOCK_M"] % cfg["BLOCK_N"] == 0  # the forward's unmasked/masked split relies on it
     if max_seqlen * max(q.stride(0), k.stride(0), v.stride(0), out.stride(0)) >= 2**31:
         raise ValueError(f"attention(backend='triton'): a sequence of {max_seqlen} rows with row stride "
@@ -778,7 +787,7 @@ def _launches_for(D, dt, tn, causal, alibi):
     cands = [(name, fn, cfg) for name, kind, fn in (("fwd", "fwd", _attention_fwd_kernel),
                                                      ("bwd_dkdv", "dkdv", _attention_bwd_dkdv_kernel),
                                                      ("bwd_dq", "dq", _attention_bwd_dq_kernel))
-             for cfg in _candidates(kind, D, 90, fp32, alibi)]
+             for cfg in _candidates(kind, D, 90, fp32, alibi, causal)]
     for name, fn, cfg in cands:
         cons = dict(N_REP=1, HEAD_DIM=D, BLOCK_D=_block_d(D), BLOCK_M=cfg["BLOCK_M"],
                     BLOCK_N=cfg["BLOCK_N"], CAUSAL=causal, HAS_ALIBI=alibi, IEEE=fp32)
