@@ -108,8 +108,9 @@ def _source(la):
     return ASTSource(fn=fn, signature=sig, constexprs=dict(cons), attrs=attrs)
 
 
-def compile_one(la: dict) -> dict:
-    """Compile one launch for sm_90; its resource row."""
+def compile_sass(la: dict):
+    """Compile one launch for sm_90: (compiled kernel, resource usage {REG, STACK, ...}, SASS text,
+    compile seconds)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -127,6 +128,12 @@ def compile_one(la: dict) -> dict:
                               capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in usage.splitlines() if "REG:" in ln)
     res = {key: int(v) for key, v in re.findall(r"(\w+):(\d+)", line)}
+    return k, res, sass, secs
+
+
+def compile_one(la: dict) -> dict:
+    """Compile one launch for sm_90; its resource row."""
+    k, res, sass, secs = compile_sass(la)
     ptx = k.asm["ptx"]
     if "wgmma.mma_async" in ptx:
         mma = "wgmma"

@@ -24,7 +24,6 @@ os.environ.pop("TRITON_INTERPRET", None)  # must precede the kernel modules' imp
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import re  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -95,20 +94,7 @@ def lazy_module(tmp: Path):
 
 
 def sass_counts(la: dict) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    k = triton.compile(S._source(la), target=GPUTarget(*S.TARGET),
-                       options=dict(num_warps=la["num_warps"], num_stages=la["num_stages"]))
-    bindir = S._toolchain()
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([str(bindir / "cuobjdump"), "--dump-resource-usage", f.name],
-                               capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(bindir / "cuobjdump"), "-sass", f.name],
-                              capture_output=True, text=True, check=True).stdout
-    res = {key: int(v) for key, v in re.findall(r"(\w+):(\d+)", next(ln for ln in usage.splitlines() if "REG:" in ln))}
+    _, res, sass, _ = S.compile_sass(la)
     ins = [ln for ln in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", ln)]
 
     def count(pat):
