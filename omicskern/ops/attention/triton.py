@@ -503,18 +503,18 @@ def _bwd_config(D: int, interpret: bool, sm: int = 90, fp32: bool = False) -> tu
         return _fp32_config("dkdv", D), _fp32_config("dq", D)
     if _block_d(D) <= 64:
         # sm_90: 128 keys per program on 8 warps (m128 x n64 products, half the Q / dO passes of
-        # 64 keys; 196-236 registers, no spills); 128 queries per step spill 8-272 B
+        # 64 keys; 210-252 registers with Triton 3.9 / 3.6, no spills); 128 queries per step spill
         kv = dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2) if sm >= 90 else \
             dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2)
         return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     if _block_d(D) <= 128:
         kv = dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2) if sm >= 90 else \
             dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
-        if sm >= 90:  # dQ at 128x64 on 8 warps: 235 registers with ALiBi, no spills
+        if sm >= 90:  # dQ at 128x64 on 8 warps: 226-254 registers, no spills
             return kv, dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
         return kv, dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
     # D > 128: dK/dV with 32 keys per program (mma.sync: wgmma needs 64 rows, and 64 keys spill
-    # 264-632 B); dQ at 64 x 32 with 2 stages is a wgmma tile that fits (253-255 registers)
+    # 264-632 B); dQ at 64 x 32 with 2 stages is a wgmma tile that fits (219-255 registers)
     return (dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1),
             dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2) if sm >= 90 else
             dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))
