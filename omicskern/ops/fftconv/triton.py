@@ -11,9 +11,10 @@ spectrum comes out in a permuted order, which is harmless because it is only mul
 pointwise by the filter's spectrum, prepared in the same order, before the inverse runs the
 steps backwards with conjugate matrices. Complex products are four real ``tl.dot``s.
 
-* N <= ``fused_max(dtype)`` (4096 for fp16 / bf16, i.e. L <= 2048; 512 for fp32): one kernel per job (a (b, h) row, or two batch
-  rows of one channel as real and imaginary parts) does load -> FFT -> x filter spectrum ->
-  inverse FFT -> gate -> store; nothing but u, gate and y touch memory.
+* N <= ``fused_max(dtype)`` (4096 for fp16 / bf16, i.e. L <= 2048; 512 for fp32): one kernel
+  per job (a (b, h) row, or two batch rows of one channel as real and imaginary parts) does load
+  -> FFT -> x filter spectrum -> inverse FFT -> gate -> store; nothing but u, gate and y touch
+  memory.
 * larger N (to L = 2^20): N = P M with P >= 16; the "four-step" FFT: an outer P-point DFT over
   column blocks with twiddles into a scratch buffer (further levels in place), a per-(job, k_p)
   kernel doing the inner M-point FFT, filter product and inverse with the two-level scheme above,
