@@ -923,30 +923,23 @@ def sm90_launches(full: bool = True) -> list[dict]:
             mat = f"*{_TN[odt]}"
             P, S = pl["Ps"][0], lens[0]
             M, BM = S // P, _outer_bm(P, S // P)
-            for xm in (False, True):
-                for pair in (True, False):
-                    key = ("ofwd", P, M, xm, pair)
-                    if key not in seen:
-                        seen.add(key)
-                        out.append(dict(
-                            kernel="outer_fwd", fn=_fft_conv_outer_fwd_kernel,
-                            types=dict(x_ptr=xt, xmul_ptr=xt, bufr_ptr=st, bufi_ptr=st, fp_ptr=mat, tw_ptr="*fp32"),
-                            constexprs=dict(P=P, M=M, BM=BM, HAS_XMUL=xm, PAIR=pair, DT=DT, PREC=prec),
-                            num_warps=_outer_warps(P), num_stages=3, mma=mma,
-                            tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' xmul' if xm else ''}{' pair' if pair else ''}",
-                            div16=["L", "sxb", "sxh", "smb", "smh"]))
-            for om in (False, True):
-                for pair in (True, False):
-                    key = ("oinv", P, M, om, pair)
-                    if key not in seen:
-                        seen.add(key)
-                        out.append(dict(
-                            kernel="outer_inv", fn=_fft_conv_outer_inv_kernel,
-                            types=dict(bufr_ptr=st, bufi_ptr=st, out_ptr=xt, omul_ptr=xt, fp_ptr=mat, tw_ptr="*fp32"),
-                            constexprs=dict(P=P, M=M, BM=BM, HAS_OMUL=om, PAIR=pair, DT=DT, PREC=prec),
-                            num_warps=_outer_warps(P), num_stages=3, mma=mma,
-                            tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{' omul' if om else ''}{' pair' if pair else ''}",
-                            div16=["L", "sob", "soh", "smb", "smh"]))
+            # first / last level of every job: (kernel, fn, multiplier flag, its tag, pointer types, div16)
+            ends = (("outer_fwd", _fft_conv_outer_fwd_kernel, "HAS_XMUL", " xmul",
+                     dict(x_ptr=xt, xmul_ptr=xt, bufr_ptr=st, bufi_ptr=st), ["L", "sxb", "sxh", "smb", "smh"]),
+                    ("outer_inv", _fft_conv_outer_inv_kernel, "HAS_OMUL", " omul",
+                     dict(bufr_ptr=st, bufi_ptr=st, out_ptr=xt, omul_ptr=xt), ["L", "sob", "soh", "smb", "smh"]))
+            for name, fn, flag, ftag, ptrs, div16 in ends:
+                for mul in (False, True):
+                    for pair in (True, False):
+                        key = (name, P, M, mul, pair)
+                        if key not in seen:
+                            seen.add(key)
+                            out.append(dict(
+                                kernel=name, fn=fn, types=dict(ptrs, fp_ptr=mat, tw_ptr="*fp32"),
+                                constexprs={"P": P, "M": M, "BM": BM, flag: mul, "PAIR": pair, "DT": DT, "PREC": prec},
+                                num_warps=_outer_warps(P), num_stages=3, mma=mma,
+                                tags=f"N{pl['N']} P{P} M{M} BM{BM} {tn}{ftag if mul else ''}{' pair' if pair else ''}",
+                                div16=div16))
             # dk's final inverse: fp32 accumulators as scratch, fp32 output, no pairs
             key = ("oinv-dk", P, M)
             if key not in seen:
